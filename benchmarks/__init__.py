@@ -1,0 +1,1 @@
+"""mdr benchmarks: quality and performance tables (`python -m benchmarks.<name>`)."""

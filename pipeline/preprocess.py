@@ -1,0 +1,381 @@
+"""The preprocessing job: raw interaction logs -> sharded TFRecords, vocabularies and the feature spec.
+
+Run it through `mdr preprocess ...`, or as a plain Beam program on any runner:
+
+    python -m pipeline.preprocess --source movielens-1m --input ../shared/datasets/movielens-1m \\
+        --output gs://bucket/ml1m --runner DataflowRunner --project P --region R \\
+        --temp_location gs://bucket/tmp --setup_file ./setup.py
+
+Flags this module does not know are Beam's `PipelineOptions`. Without `--runner`, the local
+DirectRunner runs with one worker per core (and no attempt to download the Prism runner).
+
+Output layout:
+    train/ eval/ test/   part-*.tfrecord.gz   gzip TFRecords of tf.train.Example (one interaction each)
+    items/               part-*.tfrecord.gz   the item corpus: one record per (item, domain)
+    rejected/            rejected-*.jsonl     {"ref": "file:line", "reason": ..., "raw": ...}
+    vocab/<feature>.txt                       vocabularies, most frequent first
+    feature_spec.json                         the concrete spec models are built from
+    metadata.json                             counts (rows_read = rows_written + rows_rejected)
+    _SUCCESS                                  written last: the output is complete
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import List, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from mdr_keras import feature_spec as fs
+from pipeline import sources
+from pipeline import transforms as T
+from pipeline.tfrecords import WriteTFRecords
+
+METADATA_FILENAME = "metadata.json"
+SUCCESS_FILENAME = "_SUCCESS"
+LOCAL_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
+                     "--default_sdk_harness_log_level=ERROR"]
+
+
+@dataclasses.dataclass
+class PreprocessConfig:
+    """What the job does (Beam's own options travel separately as `PipelineOptions`).
+
+    Args:
+        source: one of `sources.SOURCES`.
+        input: input file, glob or folder (per source).
+        output: output folder (local or any Beam filesystem).
+        mapping: the csv source's column mapping (JSON file or inline JSON).
+        split: 'time' (cutoffs) or 'random' (seeded ratios); a source's split column overrides both.
+        seed: seed of the random split.
+        ratios: train, eval[, test] fractions of the random split.
+        eval_start, test_start: time cutoffs (timestamps or ISO dates); default from the fractions.
+        eval_fraction, test_fraction: fractions of events after the computed time cutoffs.
+        sequence_length: T, the behaviour sequence length.
+        sequence_events: 'positive' (clicks only) or 'all' events make up behaviour sequences.
+        min_count: tokens seen fewer times in train are out of vocabulary.
+        num_buckets: quantile buckets of numeric features.
+        max_domains: keep this many most frequent domains, fold the rest into 'other' (sources
+            without a fixed domain list only).
+        num_shards: TFRecord shards per split (0: the runner decides).
+        label_threshold: positives are labels (ratings) >= this (csv / movielens-1m).
+        overwrite: replace an existing output folder.
+    """
+
+    source: str
+    input: str
+    output: str
+    mapping: Optional[str] = None
+    split: str = "time"
+    seed: int = 2022
+    ratios: Sequence[float] = (0.8, 0.1, 0.1)
+    eval_start: Optional[str] = None
+    test_start: Optional[str] = None
+    eval_fraction: float = 0.1
+    test_fraction: float = 0.0
+    sequence_length: int = 50
+    sequence_events: str = "positive"
+    min_count: int = 1
+    num_buckets: int = 10
+    max_domains: Optional[int] = None
+    num_shards: int = 0
+    label_threshold: Optional[float] = None
+    overwrite: bool = False
+
+    def validate(self, source: sources.Source) -> None:
+        """Contradictory or missing values fail here, naming the flag, before any work starts."""
+        if self.split not in ("time", "random"):
+            raise ValueError(f"--split must be 'time' or 'random'. Received: --split {self.split}")
+        mapping = getattr(source, "mapping", None)
+        if self.split == "time" and not source.has_timestamp and not (mapping and mapping.split):
+            raise ValueError("--split time needs timestamps, and this input has no timestamp column: "
+                             "use --split random (or give the mapping a split column)")
+        if not 2 <= len(self.ratios) <= 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
+            raise ValueError(f"--ratios takes 2 or 3 non-negative fractions. Received: --ratios {self.ratios}")
+        if self.split == "random" and self.ratios[0] <= 0:
+            raise ValueError(f"--ratios needs a positive train fraction. Received: --ratios {self.ratios}")
+        if not 0 < self.eval_fraction + self.test_fraction < 1 or self.eval_fraction <= 0 or self.test_fraction < 0:
+            raise ValueError("--eval-fraction must be in (0, 1), --test-fraction in [0, 1), their sum < 1. "
+                             f"Received: --eval-fraction {self.eval_fraction} --test-fraction {self.test_fraction}")
+        if self.test_start is not None and self.eval_start is None:
+            raise ValueError("--test-start needs --eval-start")
+        if self.sequence_length < 1:
+            raise ValueError(f"--sequence-length must be >= 1. Received: --sequence-length {self.sequence_length}")
+        if self.sequence_events not in ("positive", "all"):
+            raise ValueError(f"--sequence-events must be 'positive' or 'all'. Received: {self.sequence_events}")
+        if self.min_count < 1:
+            raise ValueError(f"--min-count must be >= 1. Received: --min-count {self.min_count}")
+        if self.num_buckets < 2:
+            raise ValueError(f"--num-buckets must be >= 2. Received: --num-buckets {self.num_buckets}")
+        if self.max_domains is not None and self.max_domains < 1:
+            raise ValueError(f"--max-domains must be >= 1. Received: --max-domains {self.max_domains}")
+        if self.num_shards < 0:
+            raise ValueError(f"--num-shards must be >= 0. Received: --num-shards {self.num_shards}")
+
+    def time_cutoffs(self):
+        eval_start = sources.parse_timestamp(self.eval_start) if self.eval_start is not None else None
+        test_start = sources.parse_timestamp(self.test_start) if self.test_start is not None else None
+        if eval_start is not None and test_start is not None and test_start < eval_start:
+            raise ValueError(f"--test-start must not be before --eval-start. Received: {self.test_start} < "
+                             f"{self.eval_start}")
+        return eval_start, test_start
+
+
+def sequence_order(source: sources.Source) -> str:
+    if source.has_timestamp:
+        return "time"
+    mapping = getattr(source, "mapping", None)
+    return "file" if mapping is not None and mapping.order_by_file else "none"
+
+
+class _WriteSpecAndMetadata(beam.DoFn):
+    """Writes vocabularies, `feature_spec.json` and `metadata.json`, once every count is known."""
+
+    def __init__(self, config: PreprocessConfig, source: sources.Source, features: List[fs.Feature]):
+        self._config = config
+        self._source = source
+        self._features = features
+
+    def process(self, _, domains, vocabs, boundaries, cutoffs, rows_read, rejected, written, corpus):
+        out = self._config.output
+        features = []
+        for f in self._features:
+            if f.name == fs.DOMAIN:
+                tokens = list(domains)
+            else:
+                tokens = vocabs.get(f.name, []) if f.vocab_file else None
+            if tokens is not None:
+                fs._write_text(os.path.join(out, f.vocab_file), "".join(t + "\n" for t in tokens))
+                f = dataclasses.replace(f, vocab_size=len(tokens))
+            elif f.vocab_from:  # sequence features index into their source feature's vocabulary
+                src = next(g for g in features if g.name == f.vocab_from)
+                f = dataclasses.replace(f, vocab_size=src.vocab_size, num_oov_buckets=src.num_oov_buckets)
+            if f.kind == fs.KIND_NUMERIC:
+                f = dataclasses.replace(f, boundaries=tuple(boundaries.get(f.name, [])))
+            features.append(f)
+        spec = fs.FeatureSpec(features=features, domains=list(domains),
+                              sequence_length=self._config.sequence_length, source=self._source.name,
+                              has_timestamp=self._source.has_timestamp)
+        spec.save(out)
+
+        per_split = {s: {d: 0 for d in domains} for s in fs.SPLITS}
+        for (split, domain), n in written.items():
+            per_split[split][domain] = n
+        rows_written = sum(written.values())
+        rows_rejected = sum(rejected.values())
+        metadata = {
+            "source": self._source.name,
+            "input": self._config.input,
+            "rows_read": rows_read,
+            "rows_written": rows_written,
+            "rows_rejected": rows_rejected,
+            "rows_written_per_split": {s: sum(v.values()) for s, v in per_split.items()},
+            "rows_written_per_split_domain": per_split,
+            "rows_rejected_per_reason": dict(sorted(rejected.items())),
+            "items_per_domain": {d: corpus.get(d, 0) for d in domains},
+            "domains": list(domains),
+            "time_cutoffs": cutoffs,
+            "vocab_sizes": {f.name: f.vocab_size for f in features if f.vocab_file},
+            "config": {k: (list(v) if isinstance(v, tuple) else v)
+                       for k, v in dataclasses.asdict(self._config).items()},
+        }
+        fs._write_text(os.path.join(out, METADATA_FILENAME), json.dumps(metadata, indent=2) + "\n")
+        if rows_read != rows_written + rows_rejected:
+            # Never a silent drop: a mismatch is a bug of the job, and the output must not be used.
+            raise RuntimeError(f"reconciliation failed: rows_read={rows_read} != rows_written={rows_written}"
+                               f" + rows_rejected={rows_rejected}")
+        yield metadata
+
+
+def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.Source) -> None:
+    """Adds the whole job to `p` (sources already checked)."""
+    out = config.output
+    features = fs.record_features(source.side_features, source.category_feature, config.sequence_length)
+    eval_start, test_start = config.time_cutoffs()
+
+    lines = p | "ReadRawLines" >> T.ReadRawLines(source.input_patterns(), source.has_header)
+    events, parse_rejected = lines | "ParseEvents" >> T.ParseEvents(source)
+    events, domains = events | "AssignDomains" >> T.AssignDomains(
+        source.domains, config.max_domains if not source.domains else None)
+    events, cutoffs = events | "SplitEvents" >> T.SplitEvents(
+        config.split, seed=config.seed, ratios=config.ratios, eval_start=eval_start, test_start=test_start,
+        eval_fraction=config.eval_fraction, test_fraction=config.test_fraction)
+    histories, duplicates = events | "UserHistories" >> T.UserHistories()
+    events = histories | "UniqueEvents" >> beam.FlatMap(lambda kv: kv[1])
+    domain_ctr, item_counts = events | "DomainStatistics" >> T.DomainStatistics()
+    records = histories | "BehaviourSequences" >> T.BehaviourSequences(
+        source.side_features, source.category_feature, config.sequence_length, config.sequence_events,
+        sequence_order(source), domain_ctr, item_counts)
+    corpus = events | "ItemCorpus" >> T.ItemCorpus(
+        [f for f in source.side_features if f.role == fs.ROLE_ITEM], domain_ctr, item_counts)
+
+    train_records = records | "KeepTrainRecords" >> beam.Filter(lambda r: r["split"] == "train")
+    categorical = [f for f in features if f.vocab_file and f.role != fs.ROLE_DOMAIN]
+    vocabs = train_records | "Vocabularies" >> T.Vocabularies(
+        [f.name for f in categorical], [f.name for f in categorical if f.kind == fs.KIND_CATEGORICAL_LIST],
+        config.min_count)
+    boundaries = train_records | "QuantileBoundaries" >> T.QuantileBoundaries(
+        [f.name for f in features if f.kind == fs.KIND_NUMERIC], config.num_buckets)
+
+    def write(pcoll, folder, fields, label):
+        return (pcoll
+                | f"Encode{label}Examples" >> T.EncodeExamples(fields)
+                | f"Write{label}TFRecords" >> WriteTFRecords(os.path.join(out, folder, "part"), config.num_shards))
+
+    per_split = records | "PartitionRecordsBySplit" >> beam.Partition(
+        lambda r, n: fs.SPLITS.index(r["split"]), len(fs.SPLITS))
+    for split, pcoll in zip(fs.SPLITS, per_split):
+        write(pcoll, split, features, split.capitalize())
+    write(corpus, "items", fs.item_corpus_features(features), "ItemCorpus")
+
+    rejected = (parse_rejected, duplicates) | "CollectRejectedRows" >> beam.Flatten()
+    (rejected
+     | "RejectedRowsToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
+     | "WriteRejectedRows" >> beam.io.WriteToText(os.path.join(out, "rejected", "rejected"),
+                                                  file_name_suffix=".jsonl"))
+
+    rows_read = lines | "CountRowsRead" >> beam.combiners.Count.Globally()
+    rejected_counts = (rejected
+                       | "RejectReasonCategory" >> beam.Map(lambda r: T.reason_category(r["reason"]))
+                       | "CountRejectedPerReason" >> beam.combiners.Count.PerElement())
+    written_counts = records | "CountRecordsPerSplitDomain" >> T.CountPerKey(lambda r: ((r["split"], r["domain"]),))
+    corpus_counts = corpus | "CountItemsPerDomain" >> T.CountPerKey(lambda r: (r[fs.DOMAIN],))
+    (p
+     | "StartSpecAndMetadata" >> beam.Create([None])
+     | "WriteSpecAndMetadata" >> beam.ParDo(
+         _WriteSpecAndMetadata(config, source, features),
+         domains=beam.pvalue.AsSingleton(domains), vocabs=beam.pvalue.AsDict(vocabs),
+         boundaries=beam.pvalue.AsDict(boundaries), cutoffs=beam.pvalue.AsSingleton(cutoffs),
+         rows_read=beam.pvalue.AsSingleton(rows_read), rejected=beam.pvalue.AsDict(rejected_counts),
+         written=beam.pvalue.AsDict(written_counts), corpus=beam.pvalue.AsDict(corpus_counts)))
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuses to mix runs: an existing non-empty output needs `overwrite`, which clears it first."""
+    existing = FileSystems.match([os.path.join(output, "**")])[0].metadata_list if FileSystems.exists(output) else []
+    if not existing:
+        return
+    if not overwrite:
+        raise ValueError(f"--output {output} is not empty; pass --overwrite to replace it")
+    FileSystems.delete([m.path for m in existing])
+
+
+def is_complete(output: str) -> bool:
+    return FileSystems.exists(os.path.join(output, SUCCESS_FILENAME))
+
+
+def read_metadata(output: str) -> dict:
+    if not is_complete(output):
+        raise FileNotFoundError(f"{output} holds no complete preprocessing output (no {SUCCESS_FILENAME}); "
+                                "run `mdr preprocess` to completion first")
+    return json.loads(fs._read_text(os.path.join(output, METADATA_FILENAME)))
+
+
+def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = None) -> dict:
+    """Runs the job; returns the metadata dict. Raises ValueError/InputError before any work on bad input."""
+    source = sources.make_source(config.source, config.input, config.mapping, config.label_threshold)
+    config.validate(source)
+    config.time_cutoffs()
+    source.check()
+    prepare_output(config.output, config.overwrite)
+    args = list(pipeline_args or [])
+    if not any(a.startswith("--runner") for a in args):
+        args = LOCAL_RUNNER_ARGS + args
+    if not any(a.startswith("--direct_num_workers") for a in args):
+        args.append(f"--direct_num_workers={os.cpu_count() or 1}")
+    options = PipelineOptions(args)
+    start = time.time()
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(p, config, source)
+    metadata = json.loads(fs._read_text(os.path.join(config.output, METADATA_FILENAME)))
+    metadata["wall_seconds"] = round(time.time() - start, 2)
+    metadata["rows_per_second"] = round(metadata["rows_read"] / max(metadata["wall_seconds"], 1e-9), 1)
+    fs._write_text(os.path.join(config.output, METADATA_FILENAME), json.dumps(metadata, indent=2) + "\n")
+    fs._write_text(os.path.join(config.output, SUCCESS_FILENAME), "")
+    return metadata
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job's own flags (shared by `mdr preprocess` and `python -m pipeline.preprocess`)."""
+    parser.add_argument("--source", required=True, choices=sources.SOURCES, help="input format")
+    parser.add_argument("--input", required=True, help="input file, glob or folder")
+    parser.add_argument("--output", required=True, help="output folder (local, gs://, ...)")
+    parser.add_argument("--mapping", help="csv source: column mapping, a JSON file or inline JSON")
+    parser.add_argument("--split", default="time", choices=("time", "random"),
+                        help="train/eval split: by time cutoff, or random with --seed and --ratios")
+    parser.add_argument("--seed", type=int, default=2022, help="seed of the random split")
+    parser.add_argument("--ratios", default="0.8,0.1,0.1", help="train,eval[,test] fractions (random split)")
+    parser.add_argument("--eval-start", help="time split: first eval timestamp (seconds or ISO date)")
+    parser.add_argument("--test-start", help="time split: first test timestamp (seconds or ISO date)")
+    parser.add_argument("--eval-fraction", type=float, default=0.1,
+                        help="time split without --eval-start: fraction of events in eval")
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="time split without --test-start: fraction of events in test")
+    parser.add_argument("--sequence-length", type=int, default=50, help="behaviour sequence length T")
+    parser.add_argument("--sequence-events", default="positive", choices=("positive", "all"),
+                        help="which earlier events make up the behaviour sequence")
+    parser.add_argument("--min-count", type=int, default=1, help="vocabulary frequency threshold")
+    parser.add_argument("--num-buckets", type=int, default=10, help="quantile buckets of numeric features")
+    parser.add_argument("--max-domains", type=int, default=None,
+                        help="keep the N most frequent domains, fold the rest into 'other'")
+    parser.add_argument("--num-shards", type=int, default=0, help="TFRecord shards per split (0: automatic)")
+    parser.add_argument("--label-threshold", type=float, default=None,
+                        help="positives are labels (ratings) >= this (csv, movielens-1m)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+
+def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    try:
+        ratios = tuple(float(x) for x in args.ratios.split(","))
+    except ValueError:
+        raise ValueError(f"--ratios takes comma-separated numbers. Received: --ratios {args.ratios}") from None
+    max_domains = args.max_domains
+    if max_domains is None and args.source == "taobao":
+        max_domains = TAOBAO_DEFAULT_DOMAINS
+    return PreprocessConfig(
+        source=args.source, input=args.input, output=args.output, mapping=args.mapping, split=args.split,
+        seed=args.seed, ratios=ratios, eval_start=args.eval_start, test_start=args.test_start,
+        eval_fraction=args.eval_fraction, test_fraction=args.test_fraction,
+        sequence_length=args.sequence_length, sequence_events=args.sequence_events, min_count=args.min_count,
+        num_buckets=args.num_buckets, max_domains=max_domains, num_shards=args.num_shards,
+        label_threshold=args.label_threshold, overwrite=args.overwrite)
+
+
+# Taobao: the most frequent item categories become domains, the rest 'other'.
+TAOBAO_DEFAULT_DOMAINS = 5
+
+
+def summary(metadata: dict) -> str:
+    """A short human-readable account of a run's counts."""
+    lines = [f"rows read {metadata['rows_read']:,} = written {metadata['rows_written']:,}"
+             f" + rejected {metadata['rows_rejected']:,}"]
+    for split, per_domain in metadata["rows_written_per_split_domain"].items():
+        if sum(per_domain.values()):
+            lines.append(f"  {split:5s} " + "  ".join(f"{d}={n:,}" for d, n in per_domain.items()))
+    for reason, n in metadata["rows_rejected_per_reason"].items():
+        lines.append(f"  rejected: {reason}: {n:,}")
+    lines.append("  items per domain: " + "  ".join(f"{d}={n:,}" for d, n in metadata["items_per_domain"].items()))
+    if "wall_seconds" in metadata:
+        lines.append(f"  {metadata['wall_seconds']} s, {metadata['rows_per_second']:,.0f} rows/s")
+    return "\n".join(lines)
+
+
+def run(argv=None) -> dict:
+    """Entry point of `python -m pipeline.preprocess`: our flags, then Beam's."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    known, pipeline_args = parser.parse_known_args(argv)
+    metadata = preprocess(config_from_args(known), pipeline_args)
+    print(summary(metadata))
+    return metadata
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.WARNING)
+    run()

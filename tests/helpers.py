@@ -1,0 +1,61 @@
+"""Helpers shared by the tests: running the job, reading its TFRecords back, the tiny sample."""
+import glob
+import json
+import os
+
+from pipeline import synthetic
+
+TESTDATA = os.path.join(os.path.dirname(__file__), "testdata")
+SAMPLE_CSV = os.path.join(TESTDATA, "events.csv")
+SAMPLE_MAPPING = os.path.join(TESTDATA, "mapping.json")
+SHARED_DATASETS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "datasets"))
+SMALL_SYNTHETIC = synthetic.SyntheticConfig(num_users=300, num_items=200, mean_events=20, seed=0)
+# One in-process worker: a tiny job spends most of its time starting worker processes otherwise.
+FAST_BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def run_job(source, input, output, beam_args=None, **config):
+    """Runs the preprocessing job with `config` overrides; returns its metadata."""
+    from pipeline import preprocess
+
+    cfg = preprocess.PreprocessConfig(source=source, input=input, output=output, overwrite=True, **config)
+    return preprocess.preprocess(cfg, FAST_BEAM_ARGS if beam_args is None else beam_args)
+
+
+def read_records(data_dir, split):
+    """Every record of a split, read back with tf.data and parsed with the job's feature spec."""
+    import tensorflow as tf
+
+    from mdr_keras.feature_spec import FeatureSpec
+
+    spec = FeatureSpec.load(data_dir)
+    files = sorted(glob.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))
+    parse = spec.tf_parse_spec() if split != "items" else spec.tf_parse_spec(
+        [f.name for f in spec.by_role("item", "domain", "item_domain_stat")])
+    out = []
+    for serialized in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        parsed = tf.io.parse_single_example(serialized, parse)
+        out.append({k: _py(v.numpy()) for k, v in parsed.items()})
+    return out
+
+
+def _py(v):
+    if getattr(v, "ndim", 0):
+        return [_py(x) for x in v]
+    if isinstance(v, bytes):
+        return v.decode()
+    return v.item() if hasattr(v, "item") else v
+
+
+def read_rejected(data_dir):
+    out = []
+    for path in sorted(glob.glob(os.path.join(data_dir, "rejected", "*.jsonl"))):
+        with open(path, encoding="utf-8") as f:
+            out.extend(json.loads(line) for line in f if line.strip())
+    return out
+
+
+def shared_dataset(name):
+    """Path of a real data set in ../shared/datasets, or None when absent (a fresh clone)."""
+    path = os.path.join(SHARED_DATASETS, name)
+    return path if os.path.exists(path) else None
