@@ -1,0 +1,1 @@
+"""Task layers of mdr: they turn tower outputs into losses."""
