@@ -164,3 +164,12 @@ def test_encode_and_write_tfrecords_read_back(tmp_path):
         got[int(ex["n"])] = (ex["s"].numpy().decode(), list(ex["h"].numpy()), float(ex["x"]))
     assert len(got) == 1000
     assert got[7] == ("é7", [b"7", b""], 3.5)
+
+
+def test_read_raw_lines_positions_headers_and_gzip(tmp_path):
+    (tmp_path / "a.csv").write_bytes(b"h1,h2\nx,1\r\ny,2\n")
+    (tmp_path / "b.csv.gz").write_bytes(gzip.compress(b"h1,h2\nz,3"))
+    with TestPipeline() as p:
+        lines = p | T.ReadRawLines([str(tmp_path / "*")], skip_header=True)
+        assert_that(lines | beam.MapTuple(lambda ref, raw: (os.path.basename(ref), raw)),
+                    equal_to([("a.csv:2", b"x,1"), ("a.csv:3", b"y,2"), ("b.csv.gz:2", b"z,3")]))
