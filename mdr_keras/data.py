@@ -1,0 +1,63 @@
+"""tf.data input pipelines over the job's TFRecords, parsed with the feature spec."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from mdr_keras import feature_spec as fs
+
+ITEMS = "items"
+
+
+def record_files(data_dir: str, split: str) -> list:
+    """The TFRecord shards of a split (`train`, `eval`, `test` or `items`) of a finished job."""
+    if not tf.io.gfile.exists(os.path.join(data_dir, "_SUCCESS")):
+        raise FileNotFoundError(f"{data_dir} holds no complete preprocessing output (no _SUCCESS); "
+                                "run `mdr preprocess` to completion first")
+    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))
+    if not files:
+        raise FileNotFoundError(f"no {split} records in {data_dir}")
+    return files
+
+
+def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.FeatureSpec] = None,
+                 names: Optional[Sequence[str]] = None, shuffle: bool = False, repeat: bool = False,
+                 seed: Optional[int] = None, drop_remainder: bool = False,
+                 shuffle_buffer: int = 10000) -> tf.data.Dataset:
+    """Batches of raw feature dicts {name: tensor} of a split.
+
+    Shards are read in parallel (interleaved), batches are parsed at once (`parse_example` on the
+    batch, not per record) and prefetched, so the input is not what limits training.
+
+    Args:
+        data_dir: output folder of `mdr preprocess`.
+        split: 'train', 'eval', 'test' or 'items' (the item corpus).
+        batch_size: records per batch (the global batch under a distribution strategy).
+        spec: the feature spec (default: the one in `data_dir`).
+        names: parse only these features (default: all the split has).
+        shuffle, repeat, seed: training-time options; shuffling is seeded when `seed` is given.
+        drop_remainder: drop a last partial batch.
+        shuffle_buffer: records in the shuffle buffer.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    files = record_files(data_dir, split)
+    spec = spec or fs.FeatureSpec.load(data_dir)
+    if names is None and split == ITEMS:
+        names = [f.name for f in fs.item_corpus_features(spec.features)]
+    parse_spec = spec.tf_parse_spec(names)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+                       cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=seed is not None or not shuffle)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(lambda x: tf.io.parse_example(x, parse_spec), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
