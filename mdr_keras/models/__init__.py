@@ -1,0 +1,1 @@
+"""Models of mdr: towers, retrieval and ranking models wiring encoders, embeddings, backbones and tasks."""

@@ -1,0 +1,102 @@
+"""Towers: feature embeddings in, one embedding out (the backbone decides how domains matter)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+import tf_keras as keras
+
+
+@keras.utils.register_keras_serializable(package="mdr")
+class MLPBackbone(keras.layers.Layer):
+    """A plain MLP over the concatenated features: the YouTube-DNN baseline (one network for all domains).
+
+    Args:
+        units: hidden and output sizes; the last layer is linear.
+        dropout: dropout rate after hidden layers.
+
+    Call arguments:
+        inputs: `[x, domain, domain_embedding]`; only x is used (the domain embedding is already one
+            of the features of x, so the baseline sees the same inputs as ADI).
+        training: dropout switch.
+
+    Reference:
+        Covington et al., "Deep Neural Networks for YouTube Recommendations", RecSys 2016.
+    """
+
+    def __init__(self, units: Sequence[int] = (64, 32), dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not units or any(u < 1 for u in units):
+            raise ValueError(f"units must be a non-empty list of positive sizes. Received: units={list(units)}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
+        self.units = [int(u) for u in units]
+        self.dropout = float(dropout)
+        self._dense = [keras.layers.Dense(u, activation="relu" if i < len(self.units) - 1 else None,
+                                          name=f"dense_{i}") for i, u in enumerate(self.units)]
+        self._dropout = keras.layers.Dropout(self.dropout)
+
+    def call(self, inputs, training=None):
+        x = inputs[0]
+        for i, layer in enumerate(self._dense):
+            x = layer(x)
+            if i < len(self._dense) - 1 and self.dropout:
+                x = self._dropout(x, training=training)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"units": list(self.units), "dropout": self.dropout})
+        return config
+
+
+@keras.utils.register_keras_serializable(package="mdr")
+class Tower(keras.layers.Layer):
+    """One side of a two-tower model: concatenated feature embeddings -> backbone -> embedding.
+
+    Args:
+        features: names of the scalar / pooled feature embeddings to concatenate (eq. 7).
+        sequence_features: names of sequence embeddings, mean-pooled over their non-padding
+            positions (padding embeds to zero; `hist_len` counts the real positions).
+        backbone: a layer called as `backbone([x, domain, domain_embedding], training)`.
+        domain_feature: the embedding of the domain indicator (f_domain).
+        normalize: L2-normalize the output (dot products become cosines).
+
+    Call arguments:
+        inputs: dict of feature embeddings (from `SharedEmbedding`) plus the index tensors
+            `domain` (key `domain_index`) and `hist_len`.
+        training: passed to the backbone.
+
+    Returns:
+        [B, output_dim] embeddings.
+    """
+
+    def __init__(self, features: Sequence[str], sequence_features: Sequence[str] = (), backbone=None,
+                 domain_feature: str = "domain", normalize: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if not features:
+            raise ValueError(f"A tower needs at least one feature. Received: features={list(features)}")
+        if backbone is None:
+            raise ValueError("A tower needs a backbone. Received: backbone=None")
+        self.features = list(features)
+        self.sequence_features = list(sequence_features)
+        self.backbone = keras.layers.deserialize(backbone) if isinstance(backbone, dict) else backbone
+        self.domain_feature = domain_feature
+        self.normalize = bool(normalize)
+
+    def call(self, inputs, training=None):
+        parts = [inputs[n] for n in self.features]
+        for n in self.sequence_features:
+            seq = inputs[n]
+            count = tf.reduce_sum(tf.cast(tf.reduce_any(tf.not_equal(seq, 0.0), axis=-1), seq.dtype), axis=1)
+            parts.append(tf.math.divide_no_nan(tf.reduce_sum(seq, axis=1), count[:, tf.newaxis]))
+        x = tf.concat(parts, axis=-1)
+        out = self.backbone([x, inputs["domain_index"], inputs[self.domain_feature]], training=training)
+        return tf.math.l2_normalize(out, axis=-1) if self.normalize else out
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"features": self.features, "sequence_features": self.sequence_features,
+                       "backbone": keras.layers.serialize(self.backbone), "domain_feature": self.domain_feature,
+                       "normalize": self.normalize})
+        return config
