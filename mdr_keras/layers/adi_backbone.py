@@ -7,16 +7,13 @@ import numbers
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domain_attention import DomainInterestAdaptation, _per_domain
+from mdr_keras.layers.domain_attention import DomainInterestAdaptation
 from mdr_keras.layers.domain_batch_norm import DomainBatchNormalization
+from mdr_keras.layers.domains import domain_indices, is_int as _is_int, per_domain as _per_domain
 
 FUSIONS = ("concat", "sum", "star")
 ATTENTIONS = (None, "linear", "attention", "se")
 PLACEMENTS = ("per_network", "global", "per_expert")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _units_list(name, value, allow_none=False):
@@ -347,16 +344,7 @@ class ADIBackbone(keras.layers.Layer):
 
     # ------------------------------------------------------------------ helpers
     def _domain_index(self, domain):
-        domain = tf.convert_to_tensor(domain)
-        if domain.shape.rank == 2:
-            domain = tf.squeeze(domain, axis=-1)
-        elif domain.shape.rank != 1:
-            raise ValueError(f"`domain` must have shape [B] or [B, 1]. Received: domain.shape={domain.shape}")
-        domain = tf.cast(domain, tf.int32)
-        checks = [tf.debugging.assert_non_negative(domain, message="domain index < 0"),
-                  tf.debugging.assert_less(domain, self.num_domains, message="domain index >= num_domains")]
-        with tf.control_dependencies(checks):
-            return tf.identity(domain)
+        return domain_indices(domain, self.num_domains)
 
     def _split_inputs(self, inputs):
         if not isinstance(inputs, (list, tuple)) or len(inputs) != 3:

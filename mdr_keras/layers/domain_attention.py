@@ -4,31 +4,10 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
+from mdr_keras.layers.domains import is_int as _is_int
+from mdr_keras.layers.domains import per_domain as _per_domain
+
 MODES = ("linear", "attention", "se")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _per_domain(initializer):
-    """Initialises each domain's slice `shape[1:]` on its own, so the leading domain axis does not
-    count in the fan-in / fan-out of variance-scaling initialisers. Each slice gets a fresh copy of
-    the initialiser (seed + i when seeded): a Keras initialiser instance returns the same values on
-    every call, which would start all domains (and both SE kernels) from the same weights."""
-
-    def fresh(i):
-        if not isinstance(initializer, keras.initializers.Initializer):
-            return initializer  # a plain function: random on every call
-        config = initializer.get_config()
-        if config.get("seed") is not None:
-            config["seed"] = config["seed"] + i
-        return type(initializer).from_config(config)
-
-    def init(shape, dtype=None, **kwargs):
-        return tf.stack([fresh(i)(shape[1:], dtype=dtype) for i in range(shape[0])])
-
-    return init
 
 
 @keras.utils.register_keras_serializable(package="mdr")

@@ -6,6 +6,8 @@ import numbers
 import tensorflow as tf
 import tf_keras as keras
 
+from mdr_keras.layers.domains import domain_indices
+
 
 @keras.utils.register_keras_serializable(package="mdr")
 class DomainBatchNormalization(keras.layers.Layer):
@@ -105,16 +107,7 @@ class DomainBatchNormalization(keras.layers.Layer):
 
     def _domain_per_row(self, x, domain):
         """Flattens x to [N, units] and gives each of its rows its domain (int32 [N])."""
-        domain = tf.convert_to_tensor(domain)
-        if domain.shape.rank == 2:
-            domain = tf.squeeze(domain, axis=-1)
-        elif domain.shape.rank != 1:
-            raise ValueError(f"`domain` must have shape [B] or [B, 1]. Received: domain shape={domain.shape}")
-        domain = tf.cast(domain, tf.int32)
-        checks = [tf.debugging.assert_non_negative(domain, message="domain index < 0"),
-                  tf.debugging.assert_less(domain, self.num_domains, message="domain index >= num_domains")]
-        with tf.control_dependencies(checks):
-            domain = tf.identity(domain)
+        domain = domain_indices(domain, self.num_domains)
         rank = x.shape.rank
         if rank > 2:  # [B, T, ..., units]: every position of a row belongs to the row's domain
             domain = tf.reshape(domain, [-1] + [1] * (rank - 2))
