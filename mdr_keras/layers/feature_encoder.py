@@ -89,16 +89,15 @@ class FeatureEncoder(keras.layers.Layer):
             f = self._by_name.get(name)
             if f is None:
                 continue
-            if f.role == fs.ROLE_DOMAIN or (f.vocab_from == fs.DOMAIN):
-                if f.role == fs.ROLE_DOMAIN:
-                    out[name] = self._domain_lookup(value)
-                else:  # history domains: padding 0, else 1 + domain index (no OOV: domains are closed)
-                    idx = self._domain_lookup(tf.where(tf.equal(value, fs.PAD), self.domains[0], value))
-                    out[name] = tf.where(tf.equal(value, fs.PAD), tf.zeros_like(idx), idx + 1)
+            if f.role == fs.ROLE_DOMAIN:
+                out[name] = self._domain_lookup(value)
+            elif f.vocab_from == fs.DOMAIN:  # history domains: padding 0, else 1 + domain index (closed list)
+                idx = self._domain_lookup(tf.where(tf.equal(value, fs.PAD), self.domains[0], value))
+                out[name] = tf.where(tf.equal(value, fs.PAD), tf.zeros_like(idx), idx + 1)
             elif f.kind in (fs.KIND_CATEGORICAL, fs.KIND_CATEGORICAL_LIST):
                 out[name] = self._lookups[f.vocab_from or f.name](value)
             elif f.kind == fs.KIND_NUMERIC:
-                if self._by_name[name].boundaries:
+                if f.boundaries:
                     out[name] = tf.cast(self._buckets[name](value), tf.int64)
                 else:  # no boundaries (no train rows): a single bucket
                     out[name] = tf.zeros_like(tf.cast(value, tf.int64))

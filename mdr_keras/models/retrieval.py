@@ -136,9 +136,10 @@ class RetrievalModel(keras.Model):
     def compute_task_loss(self, raw, training):
         positive = tf.equal(raw[fs.LABEL], 1)
         raw = {k: tf.boolean_mask(v, positive) for k, v in raw.items()}
-        out = self(raw, training=training)
-        task_inputs = {"query": out["user"], "candidate": out["item"], "candidate_ids": raw[fs.ITEM_ID],
-                       "domain": self.encoder({fs.DOMAIN: raw[fs.DOMAIN]})[fs.DOMAIN]}
+        emb = self._embed(raw)
+        task_inputs = {"query": self.user_tower(emb, training=training),
+                       "candidate": self.item_tower(emb, training=training),
+                       "candidate_ids": raw[fs.ITEM_ID], "domain": emb["domain_index"]}
         if "item_domain_clicks" in raw:
             # In-batch positives are drawn with their click frequency: log Q = log(clicks) + a per-domain
             # constant, which cancels because negatives come from the row's own domain only.
@@ -200,12 +201,13 @@ def evaluate_recall(model: RetrievalModel, data_dir: str, split: str = "eval", k
     item_ids, item_dom, item_emb = map(np.concatenate, (item_ids, item_dom, item_emb))
     q_ids, q_dom, q_emb = [], [], []
     for batch in data.make_dataset(data_dir, split, batch_size, spec=spec):
-        pos = batch[fs.LABEL].numpy() == 1
-        if not pos.any():
+        positive = tf.equal(batch[fs.LABEL], 1)
+        if not bool(tf.reduce_any(positive)):
             continue
-        q_ids.append(batch[fs.ITEM_ID].numpy()[pos])
-        q_dom.append(batch[fs.DOMAIN].numpy()[pos])
-        q_emb.append(model.user_embedding(batch).numpy()[pos])
+        batch = {k: tf.boolean_mask(v, positive) for k, v in batch.items()}  # embed the queries only
+        q_ids.append(batch[fs.ITEM_ID].numpy())
+        q_dom.append(batch[fs.DOMAIN].numpy())
+        q_emb.append(model.user_embedding(batch).numpy())
     q_ids, q_dom, q_emb = map(np.concatenate, (q_ids, q_dom, q_emb))
     per_domain, hits_all = {}, {k: 0 for k in ks}
     for d in spec.domains:
