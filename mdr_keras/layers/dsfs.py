@@ -1,0 +1,229 @@
+"""Domain sensitive feature selection (DSFS) of D3 with its domain fusion gate: a transformation layer whose
+weight and bias are generated per sample from self-attention over the feature fields (D3 eq. 6-14)."""
+from __future__ import annotations
+
+import itertools
+
+import tensorflow as tf
+import tf_keras as keras
+
+from mdr_keras.layers.domain_fusion_gate import FUSIONS, DomainFusionGate, fresh_initializer, units_list
+from mdr_keras.layers.domains import is_int as _is_int
+from mdr_keras.layers.domains import per_domain as _per_domain
+
+
+@keras.utils.register_keras_serializable(package="mdr")
+class DomainSensitiveFeatureSelection(keras.layers.Layer):
+    """D3's transformation layer with DSFS and DF: `sigma(x W + b)` with `W`, `b` generated per sample.
+
+    For a row with field embeddings `x` `[N, e]` (eq. 2-4; the domain indicator, and any other
+    domain-sensitive feature, is one of the fields: DSFS finds them by attention) and transformation
+    input `x_flat` `[F]` (default: the flattened fields, `F = N e`):
+
+        Q, K = x W^Q, x W^K                       (eq. 6; W^Q, W^K `[e, e]` shared by the fields, no bias)
+        A = softmax(Q K^T)                        (eq. 7; `[N, N]`, rows sum to 1, no 1/sqrt(e) scaling)
+        x' = A x + x                              (eq. 8; `A V + x`, V = x W^V, with `value_projection`)
+        H = concat_j(x'_j W^fc_j + b^fc_j)        (eq. 9; an independent linear map e -> `field_units` per field)
+        T = sigma(H + sigma(H W^1 + b^1))         (eq. 10, the residual trunk)
+        W_spec = reshape(T W^2 + b^2, [F, units]);  b_spec = T W^b + b^b
+        W, b, g = DomainFusionGate([x', W_spec, b_spec])   (eq. 11-13; see `DomainFusionGate`)
+        output = sigma(x_flat W + b)              (eq. 14 without the final `W_tr^2`, sigmoid)
+
+    The caller adds the CTR output layer (`Dense(1)` + sigmoid, eq. 14's `W_tr^2`, `b_tr^2`).
+
+    Ambiguities and their resolution (implementer notes sec. 2-3, 9):
+      - Eq. 6 defines V but eq. 8 uses `A x`: the default is eq. 8 as printed (no `W^V`);
+        `value_projection=True` gives `A V + x` (DANet style).
+      - "The generation process of bias is the same as weight": the bias has its own linear head on
+        the shared trunk `T`.
+      - Eq. 9 shows no activation on the per-field maps: none is applied.
+      - Eq. 13's multiplicative fusion, the bias fusion and the gate MLP sizes: see `DomainFusionGate`
+        (`fusion="mul"` as printed by default, `"sum"` the convex mix; `fusion=None` is the D1
+        ablation `W = W_spec`, `b = b_spec` without gate, whose `specific_gate` is then 1).
+      - The gate reads the flattened `x'` (eq. 11), not the raw `x`.
+
+    Plugging D3 into another backbone (Shared-Bottom, MMoE, STAR, ADI, as the paper does): pass the
+    backbone's hidden vector as `x_flat` (`inputs=[fields, x_flat]`): attention and weight generation
+    read the field embeddings, the generated `[F, units]` weight transforms the backbone's `F` units.
+
+    Cost: the weight head has `N field_units x F units` parameters and every row gets its own
+    `[F, units]` weight (`B F units` floats per batch); keep `units` and `field_units` small on CPU.
+
+    DBO (`mdr_keras.losses.domain_balance`) needs the attention `A` (complexity, eq. 15) and `g_sp`
+    (specificity, eq. 18): call with `return_attention=True` to get them with the output (in a
+    functional model they are ordinary outputs, saved and reloaded with it). The attention is also
+    what D3's Fig. 4 plots.
+
+    Softmaxes are computed in float32, everything else in the layer's compute dtype.
+
+    Args:
+        units: width `h` of the transformation layer's output (> 0; not stated in the paper).
+        field_units: width `h1` of each per-field map of eq. 9 (> 0; not stated). Default 64.
+        value_projection: use `A (x W^V) + x` instead of eq. 8's `A x + x`. Default False.
+        fusion: `"mul"` (eq. 13 as printed, default), `"sum"` or None (no gate, no global weight).
+        gate_units: widths of the gate MLP's hidden layers (eq. 11). Default `(64, 16)`.
+        fuse_bias: fuse the generated bias with a global bias like the weight (default True) or use
+            `b_spec` as is. Ignored when `fusion=None`.
+        activation: `sigma` of eq. 10 and 14 and of the gate MLP. Default `"relu"` (the paper's).
+        kernel_initializer: initialiser of all kernels (each per-field map on its own). Default
+            `"glorot_uniform"`.
+        kernel_regularizer: optional regulariser of all kernels.
+        **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: `fields`, float `[B, N, e]` (the stacked field embeddings), or `[fields, x_flat]` with
+            `x_flat` float `[B, F]`, the transformation input (default: `fields` flattened to `N e`).
+        training: unused (the layer behaves the same in training and inference).
+        return_attention: if True, return a dict instead of the output alone.
+
+    Returns:
+        `sigma(x_flat W + b)`, `[B, units]`; with `return_attention=True` the dict
+        `{"output": [B, units], "attention": A [B, N, N] (float32), "specific_gate": g_sp [B] (float32)}`.
+
+    Reference:
+        Jia et al., "D3: A Methodological Exploration of Domain Division, Modeling, and Balance in
+        Multi-Domain Recommendations", AAAI 2024, sections "Backbone Network" (eq. 2-5), "Domain
+        Sensitive Feature Selection Module" (eq. 6-10), "Domain Fusion Module" (eq. 11-14); Fu et al.,
+        "Dual Attention Network for Scene Segmentation", CVPR 2019 (the attention of eq. 6-8).
+    """
+
+    def __init__(self, units, field_units=64, value_projection=False, fusion="mul", gate_units=(64, 16),
+                 fuse_bias=True, activation="relu", kernel_initializer="glorot_uniform", kernel_regularizer=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if not _is_int(units) or units < 1:
+            raise ValueError(f"`units` must be a positive int. Received: units={units!r}")
+        if not _is_int(field_units) or field_units < 1:
+            raise ValueError(f"`field_units` must be a positive int. Received: field_units={field_units!r}")
+        if not isinstance(value_projection, bool):
+            raise ValueError(f"`value_projection` must be a bool. Received: value_projection={value_projection!r}")
+        if fusion is not None and fusion not in FUSIONS:
+            raise ValueError(f"`fusion` must be one of {FUSIONS} or None. Received: fusion={fusion!r}")
+        gate_units = units_list("gate_units", gate_units)
+        if not isinstance(fuse_bias, bool):
+            raise ValueError(f"`fuse_bias` must be a bool. Received: fuse_bias={fuse_bias!r}")
+        try:
+            self.activation = keras.activations.get(activation)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"Unknown `activation`. Received: activation={activation!r}") from error
+        self.units = int(units)
+        self.field_units = int(field_units)
+        self.value_projection = value_projection
+        self.fusion = fusion
+        self.gate_units = gate_units
+        self.fuse_bias = fuse_bias
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.fusion_gate = None if fusion is None else DomainFusionGate(
+            gate_units=gate_units, fusion=fusion, fuse_bias=fuse_bias, activation=activation,
+            # seeds shifted so that a seeded initialiser does not repeat the values of this layer's kernels
+            kernel_initializer=fresh_initializer(self.kernel_initializer, 500),
+            kernel_regularizer=self.kernel_regularizer, name="fusion_gate",
+            dtype=self.dtype_policy)
+
+    # ------------------------------------------------------------------ build
+    @staticmethod
+    def _split_shapes(input_shape):
+        if isinstance(input_shape, (list, tuple)) and input_shape and \
+                isinstance(input_shape[0], (tf.TensorShape, list, tuple)):
+            if len(input_shape) != 2:
+                raise ValueError("Expected inputs `fields` or [fields, x_flat]. "
+                                 f"Received: input_shape={input_shape}")
+            return tf.TensorShape(input_shape[0]), tf.TensorShape(input_shape[1])
+        return tf.TensorShape(input_shape), None
+
+    def build(self, input_shape):
+        fields_shape, x_shape = self._split_shapes(input_shape)
+        if fields_shape.rank != 3 or None in fields_shape[1:]:
+            raise ValueError("`fields` must be [batch, N, e] with known N and e. "
+                             f"Received: fields.shape={fields_shape}")
+        if x_shape is not None and (x_shape.rank != 2 or x_shape[-1] is None):
+            raise ValueError(f"`x_flat` must be [batch, F] with known F. Received: x_flat.shape={x_shape}")
+        n, e = int(fields_shape[1]), int(fields_shape[2])
+        f = n * e if x_shape is None else int(x_shape[-1])
+        self.num_fields, self.embedding_dim, self.transform_dim = n, e, f
+        calls = itertools.count(1)
+
+        def kernel(name, shape, per_field=False):
+            init = fresh_initializer(self.kernel_initializer, next(calls))
+            return self.add_weight(name=name, shape=shape, regularizer=self.kernel_regularizer,
+                                   initializer=_per_domain(init) if per_field else init)
+
+        def bias(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer="zeros")
+
+        hidden = n * self.field_units
+        self.query_kernel = kernel("query_kernel", (e, e))
+        self.key_kernel = kernel("key_kernel", (e, e))
+        self.value_kernel = kernel("value_kernel", (e, e)) if self.value_projection else None
+        self.field_kernel = kernel("field_kernel", (n, e, self.field_units), per_field=True)
+        self.field_bias = bias("field_bias", (n, self.field_units))
+        self.residual_kernel = kernel("residual_kernel", (hidden, hidden))
+        self.residual_bias = bias("residual_bias", (hidden,))
+        self.weight_generator_kernel = kernel("weight_generator_kernel", (hidden, f * self.units))
+        self.weight_generator_bias = bias("weight_generator_bias", (f * self.units,))
+        self.bias_generator_kernel = kernel("bias_generator_kernel", (hidden, self.units))
+        self.bias_generator_bias = bias("bias_generator_bias", (self.units,))
+        if self.fusion_gate is not None:
+            with tf.name_scope(self.fusion_gate.name):  # as Keras does for a sublayer built on its first call
+                self.fusion_gate.build([tf.TensorShape([None, n * e]), tf.TensorShape([None, f, self.units]),
+                                        tf.TensorShape([None, self.units])])
+        super().build(input_shape)
+
+    # ------------------------------------------------------------------ call
+    def _split_inputs(self, inputs):
+        if isinstance(inputs, (list, tuple)):
+            if len(inputs) != 2:
+                raise ValueError(f"Expected inputs `fields` or [fields, x_flat]. Received: {len(inputs)} inputs")
+            fields, x = inputs
+        else:
+            fields, x = inputs, None
+        fields = tf.cast(fields, self.compute_dtype)
+        x = tf.reshape(fields, [-1, self.num_fields * self.embedding_dim]) if x is None \
+            else tf.cast(x, self.compute_dtype)
+        return fields, x
+
+    def call(self, inputs, training=None, return_attention=False):
+        fields, x = self._split_inputs(inputs)
+        query = tf.einsum("bne,ef->bnf", fields, self.query_kernel)  # eq. 6
+        key = tf.einsum("bne,ef->bnf", fields, self.key_kernel)
+        scores = tf.matmul(query, key, transpose_b=True)
+        attention = tf.nn.softmax(tf.cast(scores, tf.float32), axis=-1)  # eq. 7, [B, N, N]
+        values = fields if self.value_kernel is None else tf.einsum("bne,ef->bnf", fields, self.value_kernel)
+        selected = tf.matmul(tf.cast(attention, self.compute_dtype), values) + fields  # eq. 8: x'
+        h = tf.einsum("bne,neh->bnh", selected, self.field_kernel) + self.field_bias  # eq. 9, per field
+        h = tf.reshape(h, [-1, self.num_fields * self.field_units])
+        trunk = self.activation(h + self.activation(tf.matmul(h, self.residual_kernel) + self.residual_bias))
+        kernel = tf.matmul(trunk, self.weight_generator_kernel) + self.weight_generator_bias  # eq. 10
+        kernel = tf.reshape(kernel, [-1, self.transform_dim, self.units])
+        bias = tf.matmul(trunk, self.bias_generator_kernel) + self.bias_generator_bias
+        if self.fusion_gate is None:  # D1 ablation: W = W_spec, b = b_spec
+            specific_gate = tf.ones_like(attention[:, 0, 0])
+        else:  # eq. 11-13
+            flat = tf.reshape(selected, [-1, self.num_fields * self.embedding_dim])
+            kernel, bias, gate = self.fusion_gate([flat, kernel, bias])
+            specific_gate = gate[:, 0]
+        output = self.activation(tf.einsum("bf,bfh->bh", x, kernel) + bias)  # eq. 14, per-row weight
+        if return_attention:
+            return {"output": output, "attention": attention, "specific_gate": specific_gate}
+        return output
+
+    def compute_output_shape(self, input_shape):
+        fields_shape, _ = self._split_shapes(input_shape)
+        return tf.TensorShape([fields_shape[0], self.units])
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "units": self.units,
+            "field_units": self.field_units,
+            "value_projection": self.value_projection,
+            "fusion": self.fusion,
+            "gate_units": list(self.gate_units),
+            "fuse_bias": self.fuse_bias,
+            "activation": keras.activations.serialize(self.activation),
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
+            if self.kernel_regularizer is not None else None,
+        })
+        return config

@@ -1,0 +1,1 @@
+"""Loss functions and loss weights of mdr."""
