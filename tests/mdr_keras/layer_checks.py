@@ -66,3 +66,55 @@ def assert_same_after_reload_in_fresh_process(model, inputs, tmp_path, modules, 
     assert sorted(got.files) == sorted(expected)
     for k, v in expected.items():
         np.testing.assert_allclose(got[k], v, atol=atol, err_msg=k)
+
+
+# ------------------------------------------------------------------ multi-domain backbones
+def backbone_inputs(batch, features, emb_dim, num_domains, seed=0):
+    """`[x, domain, domain_embedding]` of a backbone: domains 0, 1, ..., D - 1, 0, ..., one embedding per domain."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch, features)).astype(np.float32)
+    domain = (np.arange(batch) % num_domains).astype(np.int32)
+    emb = rng.normal(size=(num_domains, emb_dim)).astype(np.float32)[domain]
+    return [x, domain, emb]
+
+
+def set_weights_by_name(layer, values):
+    """`layer.set_weights` with the values given by short weight name (`.../name:0` -> `name`)."""
+    names = [w.name.split("/")[-1].split(":")[0] for w in layer.weights]
+    assert sorted(names) == sorted(values), (names, sorted(values))
+    layer.set_weights([np.asarray(values[n], np.float32).reshape(w.shape) for n, w in zip(names, layer.weights)])
+
+
+def randomize_weights(layer, seed=0, scale=0.7):
+    """Seeded normal values for all of `layer`'s trainable weights (deterministic tests of random weights)."""
+    rng = np.random.default_rng(seed)
+    for var in layer.trainable_weights:
+        var.assign(rng.normal(scale=scale, size=var.shape))
+
+
+def assert_domain_routing(layer, inputs, variables, domain=1, training=True):
+    """A loss on the rows of `domain` only gives exactly zero gradient to the other domains' slices (axis 0)
+    of `variables`, and a non-zero one to its own."""
+    import tensorflow as tf
+
+    rows = np.asarray(inputs[1]).reshape(-1) == domain
+    with tf.GradientTape() as tape:
+        out = layer(inputs, training=training)
+        loss = tf.reduce_sum(tf.boolean_mask(out, rows) ** 2)
+    assert variables
+    for var, grad in zip(variables, tape.gradient(loss, variables)):
+        g = tf.convert_to_tensor(grad).numpy()
+        others = [d for d in range(g.shape[0]) if d != domain]
+        assert np.abs(g[others]).max() == 0.0, var.name
+        assert np.abs(g[domain]).max() > 0.0, var.name
+
+
+def backbone_model(layers, features, emb_dim):
+    """A functional Model of backbone `layers` (one or a dict of them) on inputs x / domain / domain_embedding."""
+    import tf_keras as keras
+
+    inputs = {"x": keras.Input((features,), name="x"), "domain": keras.Input((), dtype="int32", name="domain"),
+              "domain_embedding": keras.Input((emb_dim,), name="domain_embedding")}
+    args = [inputs["x"], inputs["domain"], inputs["domain_embedding"]]
+    outputs = {k: v(args) for k, v in layers.items()} if isinstance(layers, dict) else layers(args)
+    return keras.Model(inputs, outputs)
