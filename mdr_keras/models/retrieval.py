@@ -12,7 +12,7 @@ device. The loss is divided by the number of replicas so summed gradients equal 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -24,20 +24,36 @@ from mdr_keras.layers.feature_encoder import FeatureEncoder
 from mdr_keras.models.towers import MLPBackbone, Tower
 from mdr_keras.tasks.retrieval import SampledSoftmaxRetrieval
 
-RETRIEVAL_MODELS = ("adi", "dnn")
+RETRIEVAL_MODELS = ("adi", "dnn", "dnn-single", "shared-bottom", "cross-stitch", "mmoe", "ple", "star")
 
 
 @dataclasses.dataclass
 class RetrievalConfig:
     """Sizes and training knobs of a two-tower model.
 
+    The baselines' widths are chosen so that their towers have about the parameters of an ADI
+    tower with the defaults (ADI sec. 5.1.4 compares models of a comparable budget); `mdr train`
+    prints every model's parameter count.
+
     Args:
         embedding_dim: feature embedding size.
-        tower_units: hidden/output sizes of a tower (the last is the retrieval embedding size).
+        tower_units: output network of a tower (ADI's forward network, the DNN's MLP); the last
+            width is the retrieval embedding size.
         temperature: softmax temperature over cosine similarities.
         l2: L2 regularization of the embedding tables.
-        dropout: dropout in the MLP baseline.
-        shared_units, specific_units, num_shared, fusion, dsbn, attention: the ADI backbone.
+        dropout: dropout in the baselines' hidden layers.
+        num_shared, shared_units, specific_units, fusion, dsbn, bn_momentum, attention,
+            attention_placement: the ADI backbone (`ADIBackbone`).
+        dnn_units: the DNN / DNN-Single MLP.
+        bottom_units: Shared-Bottom's shared bottom (its towers are `tower_units`).
+        stitch_units: Cross-Stitch's per-domain columns.
+        num_experts, expert_units: MMoE's experts; PLE uses one shared and one specific expert
+            per domain of `expert_units` (ADI: D + 1 networks of the same size).
+        star_units, star_aux_units: STAR's star-topology network and auxiliary network.
+        self_training: ADI's self-training (sec. 4.3, Algorithm 1): every positive row of domain
+            i is also scored as if it were in another domain j; the top `p` of them by score are
+            added as positives of domain j, with `p` starting at `self_training_p` and growing by
+            `self_training_delta` per epoch up to `self_training_max`.
     """
 
     embedding_dim: int = 16
@@ -50,7 +66,27 @@ class RetrievalConfig:
     specific_units: Sequence[int] = (64,)
     fusion: str = "concat"
     dsbn: bool = True
-    attention: str = "se"
+    bn_momentum: float = 0.9
+    attention: Optional[str] = "se"
+    attention_placement: str = "per_network"
+    dnn_units: Sequence[int] = (256, 64, 32)
+    bottom_units: Sequence[int] = (256,)
+    stitch_units: Sequence[int] = (160, 32)
+    num_experts: int = 4
+    expert_units: Sequence[int] = (96,)
+    star_units: Sequence[int] = (128, 32)
+    star_aux_units: Sequence[int] = (32,)
+    self_training: bool = False
+    self_training_p: float = 0.05
+    self_training_delta: float = 0.05
+    self_training_max: float = 0.3
+
+    def __post_init__(self):
+        for name in ("self_training_p", "self_training_delta", "self_training_max"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={getattr(self, name)!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0. Received: temperature={self.temperature!r}")
 
 
 def tower_features(spec: fs.FeatureSpec) -> Tuple[List[str], List[str], List[str]]:
@@ -61,33 +97,62 @@ def tower_features(spec: fs.FeatureSpec) -> Tuple[List[str], List[str], List[str
     return user, seq, item
 
 
-def embedding_for(encoder: FeatureEncoder, names: Sequence[str], dim: int, l2: float) -> SharedEmbedding:
+def embedding_for(encoder: FeatureEncoder, names: Sequence[str], dim: int, l2: float,
+                  name: str = "shared_embedding") -> SharedEmbedding:
     """A SharedEmbedding with one table per vocabulary (and per numeric feature) of `names`."""
     tables, features = {}, {}
-    for name in names:
-        f = encoder.feature(name)
+    for feature in names:
+        f = encoder.feature(feature)
         if f.vocab_from == fs.DOMAIN:
-            table = name
+            table = feature
         elif f.kind in (fs.KIND_CATEGORICAL, fs.KIND_CATEGORICAL_LIST):
             table = f.vocab_from or f.name
         else:
             table = f.name
-        tables[table] = encoder.input_dim(name)
+        tables[table] = encoder.input_dim(feature)
         mode = "sequence" if f.role == fs.ROLE_SEQUENCE else "pooled" if f.is_list else "scalar"
-        features[name] = [table, mode]
-    return SharedEmbedding(tables, features, dim=dim, l2=l2, name="shared_embedding")
+        features[feature] = [table, mode]
+    return SharedEmbedding(tables, features, dim=dim, l2=l2, name=name)
 
 
 def make_backbone(model: str, num_domains: int, config: RetrievalConfig, name: str):
-    if model == "dnn":
-        return MLPBackbone(config.tower_units, dropout=config.dropout, name=name)
+    """The backbone of one tower of `model`; every tower ends in `tower_units[-1]` dims."""
+    c, out = config, list(config.tower_units)
+    if model in ("dnn", "dnn-single"):
+        return MLPBackbone(list(c.dnn_units[:-1]) + out[-1:], dropout=c.dropout, name=name)
     if model == "adi":
         from mdr_keras.layers.adi_backbone import ADIBackbone
 
-        return ADIBackbone(num_domains=num_domains, num_shared=config.num_shared,
-                           shared_units=list(config.shared_units), specific_units=list(config.specific_units),
-                           forward_units=list(config.tower_units), fusion=config.fusion, dsbn=config.dsbn,
-                           attention=config.attention, name=name)
+        return ADIBackbone(num_domains=num_domains, num_shared=c.num_shared, shared_units=list(c.shared_units),
+                           specific_units=list(c.specific_units), forward_units=out, fusion=c.fusion,
+                           dsbn=c.dsbn, bn_momentum=c.bn_momentum, attention=c.attention,
+                           attention_placement=c.attention_placement, name=name)
+    if model == "shared-bottom":
+        from mdr_keras.layers.shared_bottom import SharedBottomBackbone
+
+        return SharedBottomBackbone(num_domains, bottom_units=list(c.bottom_units), tower_units=out,
+                                    dropout=c.dropout, name=name)
+    if model == "cross-stitch":
+        from mdr_keras.layers.cross_stitch import CrossStitchBackbone
+
+        return CrossStitchBackbone(num_domains, units=list(c.stitch_units[:-1]) + out[-1:], dropout=c.dropout,
+                                   name=name)
+    if model == "mmoe":
+        from mdr_keras.layers.mmoe import MMoEBackbone
+
+        return MMoEBackbone(num_domains, num_experts=c.num_experts, expert_units=list(c.expert_units),
+                            tower_units=out, dropout=c.dropout, name=name)
+    if model == "ple":
+        from mdr_keras.layers.ple import PLEBackbone
+
+        return PLEBackbone(num_domains, num_levels=1, num_shared_experts=1, num_specific_experts=1,
+                           expert_units=list(c.expert_units), tower_units=out, dropout=c.dropout, name=name)
+    if model == "star":
+        from mdr_keras.layers.star import STARBackbone
+
+        return STARBackbone(num_domains, units=list(c.star_units[:-1]) + out[-1:],
+                            aux_units=list(c.star_aux_units), pn_momentum=c.bn_momentum, dropout=c.dropout,
+                            name=name)
     raise ValueError(f"Unknown retrieval model. Received: model={model!r}; expected one of {RETRIEVAL_MODELS}")
 
 
@@ -99,6 +164,8 @@ class RetrievalModel(keras.Model):
         embedding: `SharedEmbedding` over the features both towers read.
         user_tower, item_tower: `Tower`s.
         task: `SampledSoftmaxRetrieval`.
+        domains: the spec's domain names (index order), needed by self-training.
+        self_training: `(p, delta, p_max)` to train with ADI's self-training, or None.
 
     Call arguments:
         inputs: dict of raw feature tensors (as `mdr_keras.data.make_dataset` yields them).
@@ -108,14 +175,20 @@ class RetrievalModel(keras.Model):
         {'user': [B, o], 'item': [B, o]} embeddings of each row's user and item, in the row's domain.
     """
 
-    def __init__(self, encoder, embedding, user_tower, item_tower, task, **kwargs):
+    def __init__(self, encoder, embedding, user_tower, item_tower, task, domains=(), self_training=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.embedding = embedding
         self.user_tower = user_tower
         self.item_tower = item_tower
         self.task = task
+        self.domains = list(domains)
+        self.self_training = tuple(self_training) if self_training else None
+        # The fraction p of cross-domain pseudo-positives; a callback raises it each epoch.
+        self.pseudo_fraction = tf.Variable(self.self_training[0] if self.self_training else 0.0,
+                                           trainable=False, dtype=tf.float32, name="pseudo_fraction")
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.pseudo_tracker = keras.metrics.Mean(name="pseudo_loss")
 
     def _embed(self, raw):
         idx = self.encoder(raw)
@@ -123,38 +196,69 @@ class RetrievalModel(keras.Model):
         emb["domain_index"] = idx[fs.DOMAIN]
         return emb
 
+    def towers(self, raw, training=False):
+        """(user embeddings, item embeddings, domain indices) of the rows of `raw`."""
+        emb = self._embed(raw)
+        return (self.user_tower(emb, training=training), self.item_tower(emb, training=training),
+                emb["domain_index"])
+
+    def side_embedding(self, raw, side, training=False):
+        """The `side` ('user' or 'item') tower's embeddings; `raw` needs only that side's features."""
+        return (self.user_tower if side == "user" else self.item_tower)(self._embed(raw), training=training)
+
     def user_embedding(self, raw, training=False):
-        return self.user_tower(self._embed(raw), training=training)
+        return self.side_embedding(raw, "user", training)
 
     def item_embedding(self, raw, training=False):
-        return self.item_tower(self._embed(raw), training=training)
+        return self.side_embedding(raw, "item", training)
 
     def call(self, inputs, training=None):
-        emb = self._embed(inputs)
-        return {"user": self.user_tower(emb, training=training), "item": self.item_tower(emb, training=training)}
+        user, item, _ = self.towers(inputs, training)
+        return {"user": user, "item": item}
 
-    def compute_task_loss(self, raw, training):
-        positive = tf.equal(raw[fs.LABEL], 1)
-        raw = {k: tf.boolean_mask(v, positive) for k, v in raw.items()}
-        emb = self._embed(raw)
-        task_inputs = {"query": self.user_tower(emb, training=training),
-                       "candidate": self.item_tower(emb, training=training),
-                       "candidate_ids": raw[fs.ITEM_ID], "domain": emb["domain_index"]}
+    def _task_loss(self, raw, training):
+        user, item, domain = self.towers(raw, training)
+        task_inputs = {"query": user, "candidate": item, "candidate_ids": raw[fs.ITEM_ID], "domain": domain}
         if "item_domain_clicks" in raw:
             # In-batch positives are drawn with their click frequency: log Q = log(clicks) + a per-domain
             # constant, which cancels because negatives come from the row's own domain only.
             task_inputs["candidate_log_q"] = tf.math.log(raw["item_domain_clicks"] + 1.0)
-        return self.task(task_inputs)
+        return self.task(task_inputs), user, item
+
+    def compute_task_loss(self, raw, training):
+        positive = tf.equal(raw[fs.LABEL], 1)
+        return self._task_loss({k: tf.boolean_mask(v, positive) for k, v in raw.items()}, training)[0]
+
+    def _pseudo_positives(self, raw, training):
+        """ADI Algorithm 1: the positives moved to another domain j, the top `p` of them by score in j."""
+        num_domains = len(self.domains)
+        domain = tf.cast(tf.reshape(self.encoder(raw)[fs.DOMAIN], [-1]), tf.int32)
+        shift = tf.random.uniform(tf.shape(domain), 1, num_domains, dtype=tf.int32)
+        moved = dict(raw)
+        moved[fs.DOMAIN] = tf.reshape(tf.gather(tf.constant(self.domains), (domain + shift) % num_domains),
+                                      tf.shape(raw[fs.DOMAIN]))
+        user, item, _ = self.towers(moved, training=False)
+        score = tf.stop_gradient(tf.reduce_sum(user * item, axis=-1))
+        n = tf.shape(score)[0]
+        k = tf.cast(tf.math.ceil(self.pseudo_fraction * tf.cast(n, tf.float32)), tf.int32)
+        top = tf.math.top_k(score, k=tf.minimum(k, n)).indices
+        return {key: tf.gather(v, top) for key, v in moved.items()}
 
     def train_step(self, data):
+        positive = tf.equal(data[fs.LABEL], 1)
+        raw = {k: tf.boolean_mask(v, positive) for k, v in data.items()}
         with tf.GradientTape() as tape:
-            loss = self.compute_task_loss(data, training=True)
+            loss = self._task_loss(raw, training=True)[0]
             total = loss + tf.add_n(self.losses) if self.losses else loss
+            if self.self_training:
+                pseudo = self._task_loss(self._pseudo_positives(raw, training=True), training=True)[0]
+                total += pseudo
+                self.pseudo_tracker.update_state(pseudo)
             scaled = total / tf.distribute.get_strategy().num_replicas_in_sync
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
+        return {m.name: m.result() for m in self.metrics}
 
     def test_step(self, data):
         self.loss_tracker.update_state(self.compute_task_loss(data, training=False))
@@ -162,37 +266,104 @@ class RetrievalModel(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker]
+        return [self.loss_tracker] + ([self.pseudo_tracker] if self.self_training else [])
+
+
+class SelfTrainingSchedule(keras.callbacks.Callback):
+    """Raises the self-training fraction p by `delta` per epoch, up to `p_max` (ADI Algorithm 1)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if getattr(self.model, "self_training", None):
+            p, delta, p_max = self.model.self_training
+            self.model.pseudo_fraction.assign(min(p + delta * epoch, p_max))
+
+
+class SingleDomainRetrievalModel(RetrievalModel):
+    """DNN-Single: one independent two-tower DNN per domain (its own embeddings and towers).
+
+    Each row goes through its own domain's model only, and in-batch negatives come from the same
+    domain, so training on mixed batches is training the D models apart (ADI sec. 5.1.2).
+
+    Args:
+        encoder: `FeatureEncoder` of the spec.
+        embeddings, user_towers, item_towers: one per domain, in domain-index order.
+        task, domains: as `RetrievalModel`.
+    """
+
+    def __init__(self, encoder, embeddings, user_towers, item_towers, task, domains=(), **kwargs):
+        super().__init__(encoder, embeddings[0], user_towers[0], item_towers[0], task, domains=domains, **kwargs)
+        self.embeddings = list(embeddings)
+        self.user_towers = list(user_towers)
+        self.item_towers = list(item_towers)
+
+    def _routed(self, raw, sides, training):
+        idx = self.encoder(raw)
+        domain = tf.reshape(tf.cast(idx[fs.DOMAIN], tf.int32), [-1])
+        outputs = {side: [] for side in sides}
+        for d, embedding in enumerate(self.embeddings):
+            emb = embedding(idx)
+            emb["domain_index"] = idx[fs.DOMAIN]
+            for side in sides:
+                tower = (self.user_towers if side == "user" else self.item_towers)[d]
+                outputs[side].append(tower(emb, training=training))
+        # Every row keeps its own domain's model's output.
+        return [tf.gather(tf.stack(outputs[side], axis=1), domain, axis=1, batch_dims=1) for side in sides], idx
+
+    def towers(self, raw, training=False):
+        (user, item), idx = self._routed(raw, ("user", "item"), training)
+        return user, item, idx[fs.DOMAIN]
+
+    def side_embedding(self, raw, side, training=False):
+        return self._routed(raw, (side,), training)[0][0]
 
 
 def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: RetrievalConfig = RetrievalConfig()
                           ) -> RetrievalModel:
-    """A two-tower model of `model` ('adi' or 'dnn') for the records described by `spec`."""
+    """A two-tower model of `model` (one of `RETRIEVAL_MODELS`) for the records described by `spec`."""
+    if model not in RETRIEVAL_MODELS:
+        raise ValueError(f"Unknown retrieval model. Received: model={model!r}; expected one of {RETRIEVAL_MODELS}")
     user, seq, item = tower_features(spec)
     names = sorted(set(user + seq + item))
     encoder = FeatureEncoder.from_spec(spec, names=names, name="encoder")
-    embedding = embedding_for(encoder, names, config.embedding_dim, config.l2)
-    towers = [Tower(user, seq, make_backbone(model, spec.num_domains, config, "user_backbone"), name="user_tower"),
-              Tower(item, (), make_backbone(model, spec.num_domains, config, "item_backbone"), name="item_tower")]
-    return RetrievalModel(encoder, embedding, towers[0], towers[1],
-                          SampledSoftmaxRetrieval(temperature=config.temperature, name="task"),
-                          name=f"{model}_retrieval")
+    task = SampledSoftmaxRetrieval(temperature=config.temperature, name="task")
+    self_training = ((config.self_training_p, config.self_training_delta, config.self_training_max)
+                     if config.self_training else None)
+
+    def towers(suffix=""):
+        return (Tower(user, seq, make_backbone(model, spec.num_domains, config, "user_backbone" + suffix),
+                      name="user_tower" + suffix),
+                Tower(item, (), make_backbone(model, spec.num_domains, config, "item_backbone" + suffix),
+                      name="item_tower" + suffix))
+
+    if model == "dnn-single":
+        parts = [(embedding_for(encoder, names, config.embedding_dim, config.l2, name=f"embedding_{d}"),
+                  *towers(f"_{d}")) for d in range(spec.num_domains)]
+        return SingleDomainRetrievalModel(encoder, *map(list, zip(*parts)), task, domains=spec.domains,
+                                          name="dnn_single_retrieval")
+    return RetrievalModel(encoder, embedding_for(encoder, names, config.embedding_dim, config.l2), *towers(), task,
+                          domains=spec.domains, self_training=self_training,
+                          name=f"{model.replace('-', '_')}_retrieval")
 
 
 def evaluate_recall(model: RetrievalModel, data_dir: str, split: str = "eval", ks: Sequence[int] = (10, 50),
-                    batch_size: int = 2048) -> Dict[str, Dict[str, float]]:
-    """Per-domain and overall Recall@K over each domain's full item corpus (exact top-K).
+                    batch_size: int = 2048, sampled_negatives: int = 100, seed: int = 0
+                    ) -> Dict[str, Dict[str, float]]:
+    """Per-domain and overall Recall@K, over each domain's full item corpus and over sampled candidates.
 
     Each positive row of `split` is a query: its user embedding (in its domain) is scored against
-    the item tower's embedding of every item of that domain's corpus; a hit is the row's item
-    ranking in the top K. Rows whose item is not in the domain's corpus count as misses.
+    the item tower's embedding of every item of that domain's corpus (exact search).
+      - `recall@K`: the row's item ranks in the top K of the whole corpus of its domain.
+      - `sampled_recall@K` (the sampled-candidates protocol): the row's item ranks in the top K
+        among itself and `sampled_negatives` other items of the domain drawn uniformly (seeded).
+    Rows whose item is not in the domain's corpus count as misses.
 
     Returns:
-        {'per_domain': {domain: {'recall@K': r, 'queries': n}}, 'overall': {...}}
+        {'per_domain': {domain: {'recall@K': r, 'sampled_recall@K': r, 'queries': n}}, 'overall': {...}}
     """
     from mdr_keras import data
 
     spec = fs.FeatureSpec.load(data_dir)
+    rng = np.random.default_rng(seed)
     item_ids, item_dom, item_emb = [], [], []
     for batch in data.make_dataset(data_dir, data.ITEMS, batch_size, spec=spec):
         item_ids.append(batch[fs.ITEM_ID].numpy())
@@ -209,7 +380,8 @@ def evaluate_recall(model: RetrievalModel, data_dir: str, split: str = "eval", k
         q_dom.append(batch[fs.DOMAIN].numpy())
         q_emb.append(model.user_embedding(batch).numpy())
     q_ids, q_dom, q_emb = map(np.concatenate, (q_ids, q_dom, q_emb))
-    per_domain, hits_all = {}, {k: 0 for k in ks}
+    names = [f"recall@{k}" for k in ks] + [f"sampled_recall@{k}" for k in ks]
+    per_domain, hits_all = {}, {n: 0 for n in names}
     for d in spec.domains:
         cand = item_dom == d.encode()
         rows = q_dom == d.encode()
@@ -221,12 +393,20 @@ def evaluate_recall(model: RetrievalModel, data_dir: str, split: str = "eval", k
         found = target >= 0
         pos_score = np.where(found, scores[np.arange(len(target)), np.maximum(target, 0)], np.inf)
         rank = (scores > pos_score[:, None]).sum(axis=1)
-        result = {"queries": int(rows.sum())}
+        # Sampled protocol: S of the corpus' other items per query, uniform with replacement (the corpus
+        # may hold fewer than S items); a draw equal to the target is moved to the next item.
+        corpus = scores.shape[1]
+        draws = rng.integers(corpus, size=(len(target), sampled_negatives))
+        if corpus > 1:
+            draws = np.where(draws == target[:, None], (draws + 1) % corpus, draws)
+        sampled_rank = (np.take_along_axis(scores, draws, axis=1) > pos_score[:, None]).sum(axis=1)
+        result = {"queries": int(rows.sum()), "corpus": int(corpus)}
         for k in ks:
-            hit = found & (rank < k)
-            result[f"recall@{k}"] = float(hit.mean())
-            hits_all[k] += int(hit.sum())
+            for name, r in ((f"recall@{k}", rank), (f"sampled_recall@{k}", sampled_rank)):
+                hit = found & (r < k)
+                result[name] = float(hit.mean())
+                hits_all[name] += int(hit.sum())
         per_domain[d] = result
     n = sum(r["queries"] for r in per_domain.values())
-    overall = {"queries": n, **{f"recall@{k}": hits_all[k] / max(n, 1) for k in ks}}
+    overall = {"queries": n, **{name: hits_all[name] / max(n, 1) for name in names}}
     return {"per_domain": per_domain, "overall": overall}

@@ -1,0 +1,316 @@
+"""Training and evaluation of every mdr model: `mdr train` and `mdr evaluate`.
+
+A model folder (`--model-dir`) holds everything needed to rebuild, evaluate and export a model
+without the data folder:
+
+    train_config.json   the TrainConfig (model name, its model config, training knobs)
+    feature_spec.json   the spec of the data it was trained on, with vocab/ (copied)
+    weights/            the final weights (TF checkpoint; the best epoch when early stopping)
+    backup/             BackupAndRestore state while training runs (removed when it ends)
+    logs/               TensorBoard logs (train and validation)
+    history.csv         per-epoch metrics
+    metrics.json        written by `mdr evaluate`
+
+Distribution. `make_strategy` returns `MultiWorkerMirroredStrategy` when `TF_CONFIG` names a
+cluster, else `MirroredStrategy` over all visible GPUs, or over `cpu_replicas` logical CPU devices
+(tests, and machines without GPUs), or the one CPU. `batch_size` is per replica: the global batch is
+`batch_size * replicas`, so each replica sees the batch (and, for retrieval, the number of in-batch
+negatives) of a single-device run and the learning rate needs no rescaling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from mdr_keras import data
+from mdr_keras import feature_spec as fs
+from mdr_keras.models import retrieval
+
+CONFIG_FILENAME = "train_config.json"
+METRICS_FILENAME = "metrics.json"
+WEIGHTS = os.path.join("weights", "model")
+RANKER_TASK = "ranking"
+RETRIEVAL_TASK = "retrieval"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """What `mdr train` does. A JSON file of these keys (`--config`) or flags set it.
+
+    Args:
+        model: a retrieval model (`retrieval.RETRIEVAL_MODELS`) or a ranking model
+            (`ranker.RANKER_MODELS`).
+        epochs: maximum number of epochs.
+        batch_size: rows per replica per step.
+        learning_rate: Adam learning rate.
+        seed: seed of weights, shuffling and sampling.
+        patience: early stopping: epochs without improvement of the validation metric (val_loss
+            for retrieval, val_auc for ranking) before stopping, restoring the best weights; 0 = off.
+        steps_per_epoch: cap on steps per epoch (default: one pass over the training split).
+        validation_split: split watched for early stopping ('' = none).
+        model_config: fields of `RetrievalConfig` / `RankerConfig` to override.
+    """
+
+    model: str = "adi"
+    epochs: int = 5
+    batch_size: int = 512
+    learning_rate: float = 1e-3
+    seed: int = 0
+    patience: int = 2
+    steps_per_epoch: Optional[int] = None
+    validation_split: str = "eval"
+    model_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}")
+        if self.patience < 0:
+            raise ValueError(f"`patience` must be >= 0. Received: patience={self.patience!r}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ValueError(f"`steps_per_epoch` must be >= 1. Received: steps_per_epoch={self.steps_per_epoch!r}")
+        task_of(self.model)  # unknown model names fail here, before any work
+        self.model_settings()  # so do unknown or bad model_config keys
+
+    @property
+    def task(self) -> str:
+        return task_of(self.model)
+
+    def model_settings(self):
+        """The `RetrievalConfig` / `RankerConfig` of this run."""
+        cls = retrieval.RetrievalConfig if self.task == RETRIEVAL_TASK else _ranker().RankerConfig
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(self.model_config) - known)
+        if unknown:
+            raise ValueError(f"Unknown model_config keys for {self.model!r}: {unknown}. Known: {sorted(known)}")
+        return cls(**self.model_config)
+
+    @classmethod
+    def from_file(cls, path: str, **overrides) -> "TrainConfig":
+        with tf.io.gfile.GFile(path) as f:
+            values = json.load(f)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown keys in {path}: {unknown}. Known: {sorted(known)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _ranker():
+    from mdr_keras.models import ranker
+
+    return ranker
+
+
+def task_of(model: str) -> str:
+    """'retrieval' or 'ranking' for a model name; ValueError naming the choices otherwise."""
+    if model in retrieval.RETRIEVAL_MODELS:
+        return RETRIEVAL_TASK
+    ranker_models = _ranker().RANKER_MODELS
+    if model in ranker_models:
+        return RANKER_TASK
+    raise ValueError(f"Unknown model. Received: model={model!r}; expected a retrieval model "
+                     f"{retrieval.RETRIEVAL_MODELS} or a ranking model {ranker_models}")
+
+
+def make_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
+    """The distribution strategy of this process (see the module docstring).
+
+    Args:
+        cpu_replicas: without GPUs, split the CPU into this many logical devices and mirror over
+            them (must run before TensorFlow initialises its devices). 0 or 1: one CPU replica.
+    """
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    if tf_config.get("cluster"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if not tf.config.list_physical_devices("GPU") and cpu_replicas > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        if len(tf.config.get_logical_device_configuration(cpu) or []) != cpu_replicas:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(cpu_replicas)])
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
+    return tf.distribute.MirroredStrategy()
+
+
+def build_model(spec: fs.FeatureSpec, config: TrainConfig) -> keras.Model:
+    if config.task == RETRIEVAL_TASK:
+        return retrieval.build_retrieval_model(spec, config.model, config.model_settings())
+    return _ranker().build_ranker_model(spec, config.model, config.model_settings())
+
+
+def _example_batch(spec: fs.FeatureSpec) -> Dict[str, tf.Tensor]:
+    """A one-row batch of padding values of every feature: calling a model on it creates its weights."""
+    out = {}
+    for name, f in spec.tf_parse_spec().items():
+        out[name] = tf.constant(np.reshape(np.asarray(f.default_value, dtype=f.dtype.as_numpy_dtype
+                                                      if f.dtype != tf.string else object), [1] + f.shape))
+    out[fs.DOMAIN] = tf.constant([spec.domains[0]])  # the one feature without a padding value
+    return out
+
+
+def split_rows(data_dir: str, split: str) -> int:
+    """Rows the preprocessing job wrote to `split` (from its metadata.json)."""
+    with tf.io.gfile.GFile(os.path.join(data_dir, "metadata.json")) as f:
+        return int(json.load(f)["rows_written_per_split"].get(split, 0))
+
+
+def _copy_spec(spec: fs.FeatureSpec, model_dir: str) -> None:
+    spec.save(model_dir)
+    for f in spec.features:
+        if f.vocab_file:
+            dest = os.path.join(model_dir, f.vocab_file)
+            tf.io.gfile.makedirs(os.path.dirname(dest))
+            tf.io.gfile.copy(os.path.join(spec.path or "", f.vocab_file), dest, overwrite=True)
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Adds the epoch's wall time to the logs (history.csv, TensorBoard)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["epoch_seconds"] = time.perf_counter() - self._start
+
+
+def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
+          verbose: int = 2) -> Dict[str, Any]:
+    """Trains `config.model` on `data_dir`'s train split; writes the model folder; returns a summary.
+
+    Restartable: killed and rerun with the same arguments, it resumes from the last completed epoch
+    (BackupAndRestore under `model_dir/backup`) instead of starting over.
+    """
+    spec = fs.FeatureSpec.load(data_dir)
+    strategy = strategy or make_strategy()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    keras.utils.set_random_seed(config.seed)
+    tf.io.gfile.makedirs(model_dir)
+    _copy_spec(spec, model_dir)
+    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILENAME), "w") as f:
+        f.write(json.dumps(config.to_json(), indent=2) + "\n")
+
+    train_ds = data.make_dataset(data_dir, "train", global_batch, spec=spec, shuffle=True, seed=config.seed,
+                                 drop_remainder=replicas > 1)
+    eval_ds = (data.make_dataset(data_dir, config.validation_split, global_batch, spec=spec)
+               if config.validation_split else None)
+    steps = config.steps_per_epoch
+    if steps is None:
+        total_steps = max(1, split_rows(data_dir, "train") // global_batch) * config.epochs
+    else:
+        train_ds = train_ds.repeat()
+        total_steps = steps * config.epochs
+
+    with strategy.scope():
+        model = build_model(spec, config)
+        model(_example_batch(spec))  # create the weights now, so the parameter count is known
+        if hasattr(model, "total_steps"):
+            model.total_steps.assign(total_steps)  # schedules inside train_step (D3's DBO start)
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
+
+    monitor, mode = ("val_loss", "min") if config.task == RETRIEVAL_TASK else ("val_auc", "max")
+    callbacks = [
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch"),
+        _EpochTimer(),
+        keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
+    ]
+    if config.task == RETRIEVAL_TASK:
+        callbacks.insert(0, retrieval.SelfTrainingSchedule())
+    if config.patience and eval_ds is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
+                                                       restore_best_weights=True))
+    params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    if verbose:
+        print(f"training {config.model} ({params:,} trainable parameters) on {replicas} replica(s) of "
+              f"{strategy.__class__.__name__}, global batch {global_batch}, up to {config.epochs} epochs",
+              flush=True)
+    start = time.perf_counter()
+    history = model.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps,
+                        callbacks=callbacks, verbose=verbose)
+    seconds = time.perf_counter() - start
+    model.save_weights(os.path.join(model_dir, WEIGHTS))
+    summary = {"model": config.model, "task": config.task, "parameters": params, "replicas": replicas,
+               "global_batch": global_batch, "epochs_run": len(history.epoch), "train_seconds": round(seconds, 2),
+               "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
+    with tf.io.gfile.GFile(os.path.join(model_dir, "train_summary.json"), "w") as f:
+        f.write(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def load_model(model_dir: str):
+    """(model, spec, config) of a trained model folder, with its final weights, in a fresh process."""
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{model_dir} holds no trained model (no {CONFIG_FILENAME}); run `mdr train` first")
+    with tf.io.gfile.GFile(path) as f:
+        config = TrainConfig(**json.load(f))
+    if not tf.io.gfile.exists(os.path.join(model_dir, WEIGHTS + ".index")):
+        raise FileNotFoundError(f"{model_dir} holds no final weights; its training did not finish")
+    spec = fs.FeatureSpec.load(model_dir)
+    model = build_model(spec, config)
+    model(_example_batch(spec))
+    model.load_weights(os.path.join(model_dir, WEIGHTS)).expect_partial()
+    return model, spec, config
+
+
+def evaluate(model_dir: str, data_dir: str, split: str = "eval", ks=(10, 50), sampled_negatives: int = 100,
+             write: bool = True) -> Dict[str, Any]:
+    """Per-domain and overall metrics of a trained model on `split`; writes `model_dir/metrics.json`.
+
+    Retrieval: Recall@K over each domain's full corpus and over sampled candidates
+    (`retrieval.evaluate_recall`). Ranking: AUC and logloss (`ranker.evaluate_ranker`).
+    """
+    model, spec, config = load_model(model_dir)
+    if config.task == RETRIEVAL_TASK:
+        metrics = retrieval.evaluate_recall(model, data_dir, split, ks=ks, sampled_negatives=sampled_negatives,
+                                            seed=config.seed)
+    else:
+        metrics = _ranker().evaluate_ranker(model, data_dir, split)
+    metrics = {"model": config.model, "task": config.task, "split": split, "data": data_dir, **metrics}
+    if write:
+        with tf.io.gfile.GFile(os.path.join(model_dir, METRICS_FILENAME), "w") as f:
+            f.write(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def format_metrics(metrics: Dict[str, Any], baseline: Optional[Dict[str, Any]] = None) -> str:
+    """A text table: one row per domain and one overall, one column per metric.
+
+    With `baseline` (another model's metrics.json of the same task), ranking tables add the ADS
+    "AUC Imp." column (ADS eq. 14) against it.
+    """
+    rows = dict(metrics["per_domain"])
+    rows["overall"] = metrics["overall"]
+    columns = [k for k in next(iter(rows.values())) if k not in ("queries", "rows", "corpus")]
+    count = "queries" if metrics["task"] == RETRIEVAL_TASK else "rows"
+    header = ["domain", count] + columns
+    lines = []
+    for name, r in rows.items():
+        line = [name, f"{r.get(count, 0):,}"] + [f"{r[c]:.4f}" for c in columns]
+        if baseline is not None and "auc" in r and name in ({**baseline["per_domain"], "overall": 0}):
+            base = baseline["overall"] if name == "overall" else baseline["per_domain"][name]
+            line.append(f"{_ranker().auc_improvement(r['auc'], base['auc']):+.2%}")
+        lines.append(line)
+    if baseline is not None and metrics["task"] == RANKER_TASK:
+        header.append(f"AUC Imp. vs {baseline['model']}")
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                  for i, (c, w) in enumerate(zip(cells, widths)))
+    title = f"{metrics['model']} on {metrics['split']}"
+    return "\n".join([title, fmt(header)] + [fmt(line) for line in lines])
