@@ -398,7 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     v.add_argument("--poll-seconds", type=float, default=2.0, help="seconds between polls for new versions")
     v.add_argument("--max-workers", type=int, default=8, help="RPC worker threads")
-    v.add_argument("--max-batch-size", type=int, help="largest batch a request may carry")
+    v.add_argument("--max-batch-size", type=int, default=4096,
+                   help="largest batch a request may carry (bounded by default: a request's declared size is "
+                   "refused before it is decoded)")
 
     q = sub.add_parser("query", help="ask a model server for candidates (retrieval) or scores (ranker)")
     q.add_argument("what", choices=("candidates", "scores"))
