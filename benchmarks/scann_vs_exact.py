@@ -11,8 +11,16 @@ vectors (normalized). Both indexes are then timed through their routed modules (
 `ExactDomainIndex`: what the exported retrieval model calls), over the same queries, at each
 batch size of `--batch-sizes`, after one warm-up call (which builds the ScaNN searcher from its
 state). Prints a markdown table and the ratios ScaNN / exact.
+
+`--leaves-to-search 10,20,50` builds one ScaNN index per value (one table row each): the points of a
+recall / throughput curve. `--json PATH` also writes the numbers as JSON; `mdr report` plots the
+curve from a `scann_vs_exact.json` anywhere under a run folder, e.g.
+
+    python -m benchmarks.scann_vs_exact --items 100000 --leaves-to-search 5,10,20,40 \
+        --json runs/demo/bench/scann_vs_exact.json
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -59,11 +67,18 @@ def main(argv=None):
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--batch-sizes", default="1,64")
     parser.add_argument("--leaves", type=int, default=None, help="default: sqrt(items)")
-    parser.add_argument("--leaves-to-search", type=int, default=None, help="default: IndexConfig's rule")
+    parser.add_argument("--leaves-to-search", default=None,
+                        help="default: IndexConfig's rule; a comma list builds one index per value (a curve)")
     parser.add_argument("--reorder-multiplier", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=30.0, help="time limit of one measurement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", help="also write the results to this JSON file (read by `mdr report`)")
     args = parser.parse_args(argv)
+    try:
+        searched = [None] if args.leaves_to_search is None else \
+            [int(v) for v in str(args.leaves_to_search).split(",")]
+    except ValueError:
+        parser.error(f"--leaves-to-search takes ints separated by commas. Received: {args.leaves_to_search}")
 
     import numpy as np
 
@@ -76,11 +91,12 @@ def main(argv=None):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     print(f"corpus: {args.items:,} x {args.dim} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
-    config = ix.IndexConfig(num_neighbors=args.k, leaves=args.leaves, leaves_to_search=args.leaves_to_search,
-                            reorder_multiplier=args.reorder_multiplier, eval_queries=args.queries)
-    scann_domain = ix.build_domain_index(corpus, ids, config, queries=queries, name="synthetic")
-    report = scann_domain.report
-    scann = ix.MultiDomainIndex([scann_domain])
+    scanns = []  # (build report, routed index), one per --leaves-to-search value
+    for value in searched:
+        config = ix.IndexConfig(num_neighbors=args.k, leaves=args.leaves, leaves_to_search=value,
+                                reorder_multiplier=args.reorder_multiplier, eval_queries=args.queries)
+        scann_domain = ix.build_domain_index(corpus, ids, config, queries=queries, name="synthetic")
+        scanns.append((scann_domain.report, ix.MultiDomainIndex([scann_domain])))
     t0 = time.perf_counter()
     exact = ix.ExactDomainIndex([corpus], [ids], k=args.k)
     exact_build = time.perf_counter() - t0
@@ -90,21 +106,40 @@ def main(argv=None):
     exact_recall = np.mean([len(set(g) & set(ids[w])) / args.k for g, w in zip(got, want)])
 
     batches = [int(b) for b in args.batch_sizes.split(",")]
-    qps = {name: [queries_per_second(index, queries, b, args.max_seconds) for b in batches]
-           for name, index in (("scann", scann), ("exact", exact))}
+    scann_qps = [[queries_per_second(index, queries, b, args.max_seconds) for b in batches] for _, index in scanns]
+    exact_qps = [queries_per_second(exact, queries, b, args.max_seconds) for b in batches]
 
     head = " | ".join(f"q/s batch {b}" for b in batches)
     print(f"| index | items | dim | leaves | leaves searched | recall@{args.k} | build s | {head} |")
     print("|---" * (7 + len(batches)) + "|")
-    print(f"| ScaNN (tree-AH + reorder {args.k * args.reorder_multiplier}) | {args.items:,} | {args.dim} "
-          f"| {report['leaves']} | {report['leaves_to_search']} | {report['recall@k']:.4f} "
-          f"| {report['build_seconds']:.1f} | " + " | ".join(f"{q:,.0f}" for q in qps["scann"]) + " |")
+    for (report, _), qps in zip(scanns, scann_qps):
+        print(f"| ScaNN (tree-AH + reorder {args.k * args.reorder_multiplier}) | {args.items:,} | {args.dim} "
+              f"| {report['leaves']} | {report['leaves_to_search']} | {report['recall@k']:.4f} "
+              f"| {report['build_seconds']:.1f} | " + " | ".join(f"{q:,.0f}" for q in qps) + " |")
     print(f"| exact (matmul + top_k) | {args.items:,} | {args.dim} | - | - | {exact_recall:.4f} "
-          f"| {exact_build:.1f} | " + " | ".join(f"{q:,.0f}" for q in qps["exact"]) + " |")
-    print(f"| ratio ScaNN / exact | | | | | | | "
-          + " | ".join(f"{s / e:.1f}x" for s, e in zip(qps["scann"], qps["exact"])) + " |")
+          f"| {exact_build:.1f} | " + " | ".join(f"{q:,.0f}" for q in exact_qps) + " |")
+    for (report, _), qps in zip(scanns, scann_qps):
+        label = "" if len(scanns) == 1 else f" ({report['leaves_to_search']} leaves searched)"
+        print(f"| ratio ScaNN / exact{label} | | | | | | | "
+              + " | ".join(f"{s / e:.1f}x" for s, e in zip(qps, exact_qps)) + " |")
     print(f"\n{os.cpu_count()} cores; K={args.k}, {args.queries} queries, {args.clusters} clusters, "
           f"seed {args.seed}; ScaNN recall is measured at build time against numpy exact search.")
+    if args.json:
+        rows = [{"index": "scann", "leaves": r["leaves"], "leaves_to_search": r["leaves_to_search"],
+                 "recall": float(r["recall@k"]), "build_seconds": float(r["build_seconds"]),
+                 "queries_per_second": {str(b): float(q) for b, q in zip(batches, qps)}}
+                for (r, _), qps in zip(scanns, scann_qps)]
+        rows.append({"index": "exact", "leaves": 0, "leaves_to_search": 0, "recall": float(exact_recall),
+                     "build_seconds": float(exact_build),
+                     "queries_per_second": {str(b): float(q) for b, q in zip(batches, exact_qps)}})
+        out = {"benchmark": "scann_vs_exact", "k": args.k, "items": args.items, "dim": args.dim,
+               "queries": args.queries, "clusters": args.clusters, "seed": args.seed, "cores": os.cpu_count(),
+               "reorder_multiplier": args.reorder_multiplier, "batch_sizes": batches, "results": rows}
+        if os.path.dirname(args.json):
+            os.makedirs(os.path.dirname(args.json), exist_ok=True)
+        with open(args.json, "w", encoding="utf-8") as f:
+            f.write(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
 

@@ -9,6 +9,7 @@
     mdr query      {candidates,scores} --server HOST:PORT --store FILE --domain D --user U [-k K | --items ...]
     mdr recommend  --server HOST:PORT --store FILE --domain D --user U [-n 10 -k 100]
     mdr demo       --output DIR [--source ... --input ...]
+    mdr report     RUN_DIR [--output DIR --data DIR --max-examples N]
 
 Misuse exits with status 2 and a message naming the flag; an unusable input exits with status 1
 and says why, before any work starts.
@@ -175,6 +176,15 @@ def _recommend(args) -> int:
     with c:
         print(client.format_recommendations(args.domain, args.user,
                                             c.recommend(args.domain, args.user, store, n=args.n, k=args.k)))
+    return 0
+
+
+def _report(args) -> int:
+    from mdr_keras import report
+
+    path = report.build_report(args.run_dir, output_dir=args.output, data_dir=args.data,
+                               max_examples=args.max_examples)
+    print(f"wrote {path}")
     return 0
 
 
@@ -426,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--keep-serving", action="store_true",
                    help="keep the model server up after the sample answers, until Ctrl-C")
     d.add_argument("--stop-after-preprocess", action="store_true", help="only generate and preprocess")
+
+    rp = sub.add_parser("report", help="one HTML page (and PNGs) of a run folder: metrics, curves, attention, ScaNN")
+    rp.add_argument("run_dir", help="a run folder (e.g. `mdr demo`'s output): every model folder below it is shown")
+    rp.add_argument("--output", help="folder for the page and its PNGs (default RUN_DIR/report)")
+    rp.add_argument("--data", help="preprocessing output for the attention views (default: the models' own)")
+    rp.add_argument("--max-examples", type=int, default=2048,
+                    help="eval rows run through each model for the attention views")
     return parser
 
 
@@ -468,6 +485,8 @@ def main(argv=None) -> int:
         if args.command == "evaluate":
             args.k = args.k or [10, 50]
             return _evaluate(args)
+        if args.command == "report":
+            return _report(args)
     except (InputError, ValueError, FileNotFoundError, _ServingError) as e:
         print(f"mdr {args.command}: error: {e}", file=sys.stderr)
         return 1

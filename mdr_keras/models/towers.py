@@ -84,14 +84,29 @@ class Tower(keras.layers.Layer):
         self.domain_feature = domain_feature
         self.normalize = bool(normalize)
 
-    def call(self, inputs, training=None):
+    @property
+    def field_names(self):
+        """The features whose embeddings `x` concatenates, in order (`features`, then the pooled sequences)."""
+        return self.features + self.sequence_features
+
+    def backbone_inputs(self, inputs):
+        """`[x, domain, domain_embedding]`, what the backbone reads for the embeddings `inputs` (eq. 7)."""
         parts = [inputs[n] for n in self.features]
         for n in self.sequence_features:
             seq = inputs[n]
             count = tf.reduce_sum(tf.cast(tf.reduce_any(tf.not_equal(seq, 0.0), axis=-1), seq.dtype), axis=1)
             parts.append(tf.math.divide_no_nan(tf.reduce_sum(seq, axis=1), count[:, tf.newaxis]))
-        x = tf.concat(parts, axis=-1)
-        out = self.backbone([x, inputs["domain_index"], inputs[self.domain_feature]], training=training)
+        return [tf.concat(parts, axis=-1), inputs["domain_index"], inputs[self.domain_feature]]
+
+    def domain_attention_weights(self, inputs):
+        """The backbone's adaptation weights `{key: [B, F]}` (`ADIBackbone.domain_attention_weights`, ADI
+        Fig. 5) for the embeddings `inputs`; `F` units, `len(field_names)` equal fields. Empty for a backbone
+        without adaptation layers."""
+        weights = getattr(self.backbone, "domain_attention_weights", None)
+        return {} if weights is None else weights(self.backbone_inputs(inputs))
+
+    def call(self, inputs, training=None):
+        out = self.backbone(self.backbone_inputs(inputs), training=training)
         out = tf.cast(out, tf.float32)  # embeddings leave in float32 under mixed precision (loss, index, serving)
         return tf.math.l2_normalize(out, axis=-1) if self.normalize else out
 
