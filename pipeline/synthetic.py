@@ -49,7 +49,16 @@ class SyntheticConfig:
         segment_affinity: strength of a per-domain taste of each age group: in domain d, users
             of age group a favour category `favoured[d, a]` (a domain-specific interaction of a user
             feature with an item feature, which one model for all domains cannot express without
-            knowing the domain). 0 disables it.
+            knowing the domain). An age group's favourite changes from one domain to the next and
+            a domain's favourites are distinct, so with 5 categories (as many as age groups) every
+            category is favoured in every domain by one group. 0 disables it.
+        balanced_domains: every user active in every domain, domains of equal size, items in every
+            domain, one popularity, click bias and category bias for all domains, and equal age
+            groups independent of interest: the domains differ only by their transforms and the
+            segment tastes (for learning tests of domain awareness). Default False (geometric
+            sizes, partial overlap).
+        popularity_exposure: share of exposures drawn by domain popularity (the rest by relevance
+            to the user); lower values make the clicks say more about the user than about the items.
         seed: random seed; equal seeds give byte-identical output.
     """
 
@@ -64,6 +73,8 @@ class SyntheticConfig:
     domain_shift: float = 1.0
     sequence_strength: float = 1.5
     segment_affinity: float = 0.0
+    balanced_domains: bool = False
+    popularity_exposure: float = 0.5
     seed: int = 0
 
     def __post_init__(self):
@@ -72,6 +83,9 @@ class SyntheticConfig:
                 raise ValueError(f"{name} must be >= 1. Received: {name}={getattr(self, name)}")
         if self.num_domains < 2:
             raise ValueError(f"num_domains must be >= 2. Received: num_domains={self.num_domains}")
+        if not 0.0 <= self.popularity_exposure <= 1.0:
+            raise ValueError("popularity_exposure must be in [0, 1]. "
+                             f"Received: popularity_exposure={self.popularity_exposure}")
         if self.mean_events < 2:
             raise ValueError(f"mean_events must be >= 2. Received: mean_events={self.mean_events}")
 
@@ -97,12 +111,17 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
     base_pop = rng.zipf(1.6, size=c.num_items).clip(max=1000).astype(float)
 
     # Domains: geometric sizes, an interest transform, favoured categories, own popularity.
-    domain_weight = 0.55 ** np.arange(D)
+    domain_weight = np.ones(D) if c.balanced_domains else 0.55 ** np.arange(D)
     domain_weight /= domain_weight.sum()
     transforms = [np.eye(k) + c.domain_shift * rng.normal(size=(k, k)) / np.sqrt(k) for _ in range(D)]
     cat_bias = rng.normal(0, 1.0, size=(D, c.num_categories))
     domain_bias = rng.normal(-1.3, 0.5, size=D)
     pop = base_pop[None, :] * np.exp(rng.normal(0, 1.2, size=(D, c.num_items)))
+    if c.balanced_domains:
+        # Nothing but the planted tastes may differ, or per-domain statistics would name the domain.
+        cat_bias[:] = 0.0
+        domain_bias[:] = -1.3
+        pop[:] = base_pop[None, :]
 
     # Item availability: a home domain, 80% also in one or more others (ADI: 79% of items in 2+).
     item_in = np.zeros((D, c.num_items), dtype=bool)
@@ -111,6 +130,8 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
     for i in np.flatnonzero(extra):
         others = [d for d in range(D) if not item_in[d, i]]
         item_in[rng.choice(others), i] = True
+    if c.balanced_domains:
+        item_in[:] = True
     for d in range(D):  # every domain needs items
         if not item_in[d].any():
             item_in[d, rng.integers(c.num_items)] = True
@@ -128,9 +149,17 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
     for u in np.flatnonzero(rng.random(c.num_users) < 0.5):
         others = [d for d in range(D) if not user_in[u, d]]
         user_in[u, rng.choice(others, p=domain_weight[others] / domain_weight[others].sum())] = True
+    if c.balanced_domains:
+        user_in[:] = True
+        # Equal age groups, independent of interest: otherwise an item's per-domain click rate says
+        # which age group favours it there, and a domain-blind model reads the domain from that.
+        age_group = np.random.default_rng([c.seed, 2]).permutation(np.arange(c.num_users) % 5)
 
     # Its own stream, so segment_affinity = 0 keeps the logs of earlier versions byte for byte.
-    favoured = np.random.default_rng([c.seed, 1]).integers(c.num_categories, size=(D, 5))
+    # favoured[d, a] = perm[(a + d) % C]: distinct within a domain, and an age group's favourite
+    # differs from one domain to the next (the tastes conflict across domains).
+    perm = np.random.default_rng([c.seed, 1]).permutation(c.num_categories)
+    favoured = perm[(np.arange(5)[None, :] + np.arange(D)[:, None]) % c.num_categories]
 
     n_events = np.minimum(2 + rng.geometric(1.0 / (c.mean_events - 1), size=c.num_users) - 1, c.max_events)
 
@@ -150,7 +179,8 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
             rel = (item_vec[pool] @ user_dom_vec[u, d] + cat_bias[d, item_cat[pool]]
                    + c.segment_affinity * (item_cat[pool] == favoured[d, age_group[u]]))
             p_rel = np.exp(2.0 * (rel - rel.max()))
-            p = 0.5 * pop[d, pool] / pop[d, pool].sum() + 0.5 * p_rel / p_rel.sum()
+            p = (c.popularity_exposure * pop[d, pool] / pop[d, pool].sum()
+                 + (1 - c.popularity_exposure) * p_rel / p_rel.sum())
             items = pool[rng.choice(pool.size, size=idx.size, p=p / p.sum())]
             for j, i in zip(idx, items):
                 rows.append((u, d, i, times[j]))

@@ -212,6 +212,13 @@ class RetrievalModel(keras.Model):
     def item_embedding(self, raw, training=False):
         return self.side_embedding(raw, "item", training)
 
+    def domain_attention_weights(self, raw):
+        """ADI's domain interest adaptation weights (Fig. 5) of the rows of `raw`: `{'user': {key: [B, F]},
+        'item': {...}}`, per tower the dict of `Tower.domain_attention_weights` (empty without adaptation)."""
+        emb = self._embed(raw)
+        return {"user": self.user_tower.domain_attention_weights(emb),
+                "item": self.item_tower.domain_attention_weights(emb)}
+
     def call(self, inputs, training=None):
         user, item, _ = self.towers(inputs, training)
         return {"user": user, "item": item}
@@ -326,16 +333,24 @@ def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: Retr
     if model not in RETRIEVAL_MODELS:
         raise ValueError(f"Unknown retrieval model. Received: model={model!r}; expected one of {RETRIEVAL_MODELS}")
     user, seq, item = tower_features(spec)
-    names = sorted(set(user + seq + item))
+    # DNN is YouTube DNN trained on the mixed data of all domains (ADI sec. 5.1.2): one model blind to
+    # the domain, so it reads neither the domain indicator nor the per-domain statistics. Those are
+    # domain information too: an item's statistics in domain d act as a key of (item, d), from which
+    # a tower learns the domain (measured: on data where only the domain tells the tastes apart, a
+    # DNN with them matches ADI, without them it loses half its recall). `dnn-domain` reads both;
+    # `dnn-single` trains one model per domain, so its statistics are its own domain's.
+    if model == "dnn":
+        blind = {f.name for f in spec.by_role(fs.ROLE_USER_DOMAIN_STAT, fs.ROLE_ITEM_DOMAIN_STAT)} | {fs.DOMAIN}
+        user, item = [n for n in user if n not in blind], [n for n in item if n not in blind]
+    elif model == "dnn-single":
+        user, item = [n for n in user if n != fs.DOMAIN], [n for n in item if n != fs.DOMAIN]
+    # The domain is always encoded and embedded: rows are routed by it (evaluation, self-training)
+    # and towers hand its embedding to the backbone, which a plain MLP ignores.
+    names = sorted(set(user + seq + item) | {fs.DOMAIN})
     encoder = FeatureEncoder.from_spec(spec, names=names, name="encoder")
     task = SampledSoftmaxRetrieval(temperature=config.temperature, name="task")
     self_training = ((config.self_training_p, config.self_training_delta, config.self_training_max)
                      if config.self_training else None)
-
-    # DNN is YouTube DNN trained on the mixed data of all domains (ADI sec. 5.1.2): it does not read
-    # the domain indicator, so "one model for every domain" is what it measures; `dnn-domain` reads it.
-    if model in ("dnn", "dnn-single"):
-        user, item = [n for n in user if n != fs.DOMAIN], [n for n in item if n != fs.DOMAIN]
 
     def towers(suffix=""):
         return (Tower(user, seq, make_backbone(model, spec.num_domains, config, "user_backbone" + suffix),

@@ -1,5 +1,6 @@
 """Two-tower retrieval: builds from the job's spec, learns, and evaluates Recall@K per domain."""
 import numpy as np
+import pytest
 import tf_keras as keras
 
 from mdr_keras import data
@@ -30,3 +31,45 @@ def test_dnn_learns_beyond_chance(synthetic_data):
     assert 0 < result["overall"]["queries"] == sum(r["queries"] for r in result["per_domain"].values())
     emb = model({k: v[:4] for k, v in next(iter(data.make_dataset(out, "eval", 4))).items()})
     np.testing.assert_allclose(np.linalg.norm(emb["user"], axis=1), 1.0, rtol=1e-5)
+
+
+# A world where only the domain tells the tastes apart: every user and item in every domain, one
+# popularity and click bias for all, and in domain d the users of age group a favour category
+# perm[(a + d) % 5] (so an age group's favourite changes from one domain to the next).
+PLANTED = dict(num_users=1000, num_items=300, num_categories=5, mean_events=20, segment_affinity=5.0,
+               balanced_domains=True, popularity_exposure=0.2, seed=0)
+
+
+@pytest.mark.slow
+def test_adi_beats_domain_blind_dnn_in_every_domain_on_planted_domain_tastes(tmp_path):
+    from mdr_keras import training
+    from pipeline import synthetic
+    from tests import helpers
+
+    synthetic.generate(str(tmp_path / "raw"), synthetic.SyntheticConfig(**PLANTED))
+    data_dir = str(tmp_path / "data")
+    meta = helpers.run_job("synthetic", str(tmp_path / "raw"), data_dir, sequence_length=8)
+
+    def recall(model, seed, **model_config):
+        cfg = training.TrainConfig(model=model, task="retrieval", epochs=3, batch_size=256, learning_rate=3e-3,
+                                   seed=seed, patience=0, validation_split="", model_config=model_config)
+        out = str(tmp_path / f"{model}_{seed}_{len(model_config)}")
+        training.train(data_dir, out, cfg, verbose=0)
+        per_domain = training.evaluate(out, data_dir, ks=(50,), write=False)["per_domain"]
+        return np.array([per_domain[d]["recall@50"] for d in meta["domains"]])
+
+    adi = np.stack([recall("adi", s) for s in (0, 1)])
+    dnn = np.stack([recall("dnn", s) for s in (0, 1)])
+    # Run-to-run noise: the largest per-domain difference between two seeds of the same model.
+    noise = max(np.abs(adi[0] - adi[1]).max(), np.abs(dnn[0] - dnn[1]).max())
+    gap = adi.mean(axis=0) - dnn.mean(axis=0)
+    print(f"\nLEARNING adi recall@50 per domain {adi.round(3).tolist()} dnn {dnn.round(3).tolist()} "
+          f"gap {gap.round(3).tolist()} noise {noise:.3f}")
+    # Measured (seeds 0/1): adi 0.77-0.82, dnn 0.29-0.45 in every domain; noise 0.11 (DNN's).
+    assert (gap > max(2 * noise, 0.1)).all(), (adi, dnn, noise)
+    # Ablations stay domain-aware (the domain-specific networks carry the tastes): without DSBN or
+    # without the domain attention ADI still beats DNN by the same margin in every domain.
+    for ablation in ({"dsbn": False}, {"attention": None}):
+        ablated = recall("adi", 0, **ablation)
+        print(f"LEARNING adi {ablation} recall@50 {ablated.round(3).tolist()}")
+        assert (ablated - dnn.mean(axis=0) > max(2 * noise, 0.1)).all(), (ablation, ablated, dnn)
