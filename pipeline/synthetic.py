@@ -59,6 +59,13 @@ class SyntheticConfig:
             sizes, partial overlap).
         popularity_exposure: share of exposures drawn by domain popularity (the rest by relevance
             to the user); lower values make the clicks say more about the user than about the items.
+        user_interest: scale of each user's lasting latent interest in exposures and clicks; 0
+            leaves the behaviour sequence as the only evidence of what a user likes now.
+        sequence_windows: per domain, a `(start, end)` window of the user's recent clicks
+            (0 = the most recent, any domain): the history term is `sequence_strength` when the
+            candidate's category is among those clicks, in place of the default patterns. The
+            domain decides which *positions* of the sequence matter, which attention by content
+            alone cannot tell. Empty: the default patterns.
         seed: random seed; equal seeds give byte-identical output.
     """
 
@@ -75,6 +82,8 @@ class SyntheticConfig:
     segment_affinity: float = 0.0
     balanced_domains: bool = False
     popularity_exposure: float = 0.5
+    user_interest: float = 1.0
+    sequence_windows: tuple = ()
     seed: int = 0
 
     def __post_init__(self):
@@ -86,6 +95,10 @@ class SyntheticConfig:
         if not 0.0 <= self.popularity_exposure <= 1.0:
             raise ValueError("popularity_exposure must be in [0, 1]. "
                              f"Received: popularity_exposure={self.popularity_exposure}")
+        if self.sequence_windows and (len(self.sequence_windows) != self.num_domains or any(
+                not (0 <= lo < hi) for lo, hi in self.sequence_windows)):
+            raise ValueError("sequence_windows must hold one (start, end) window, 0 <= start < end, per domain. "
+                             f"Received: sequence_windows={self.sequence_windows}")
         if self.mean_events < 2:
             raise ValueError(f"mean_events must be >= 2. Received: mean_events={self.mean_events}")
 
@@ -164,7 +177,7 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
     n_events = np.minimum(2 + rng.geometric(1.0 / (c.mean_events - 1), size=c.num_users) - 1, c.max_events)
 
     # Exposures (what the production system showed): half by domain popularity, half by relevance.
-    user_dom_vec = np.stack([user_vec @ transforms[d].T for d in range(D)], axis=1)  # [U, D, k]
+    user_dom_vec = c.user_interest * np.stack([user_vec @ transforms[d].T for d in range(D)], axis=1)  # [U, D, k]
     rows = []  # (user, domain, item, t)
     for u in range(c.num_users):
         doms = np.flatnonzero(user_in[u])
@@ -195,6 +208,7 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
     labels = np.zeros(len(ev), dtype=np.int64)
     hist_dom = np.zeros((D, k))  # EMA of clicked item vectors per domain, for the current user
     last = np.zeros(k)
+    clicks = []  # the current user's clicked categories, most recent last
     noise = rng.random(len(ev))
     current = -1
     for n in range(len(ev)):
@@ -202,19 +216,28 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
             current = users[n]
             hist_dom[:] = 0.0
             last[:] = 0.0
+            clicks = []
         d, v = doms[n], item_vec[items[n]]
         pattern = d % 3
-        if pattern == 0:
+        if c.sequence_windows:
+            lo, hi = c.sequence_windows[d]
+            match = item_cat[items[n]] in clicks[::-1][lo:hi]
+            h = None
+        elif pattern == 0:
             h = hist_dom[d]
         elif pattern == 1:
             h = (hist_dom.sum(axis=0) - hist_dom[d]) / max(D - 1, 1)
         else:
             h = last
-        logit = logit_static[n] + c.sequence_strength * np.sqrt(k) * float(v @ h)
+        if h is None:
+            logit = logit_static[n] + c.sequence_strength * match
+        else:
+            logit = logit_static[n] + c.sequence_strength * np.sqrt(k) * float(v @ h)
         if noise[n] < 1.0 / (1.0 + np.exp(-logit)):
             labels[n] = 1
             hist_dom[d] = 0.6 * hist_dom[d] + 0.4 * v
             last = v
+            clicks.append(item_cat[items[n]])
 
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, EVENTS_FILENAME)
@@ -239,7 +262,9 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
         "ctr_per_domain": {names[d]: round(float(labels[doms == d].mean()), 4) for d in range(D)},
         "users_in_2plus_domains": round(float((seen_user_doms.sum(1) >= 2).mean()), 4),
         "items_in_2plus_domains": round(float((seen_item_doms[active_items].sum(1) >= 2).mean()), 4),
-        "sequence_pattern_per_domain": {names[d]: SEQUENCE_PATTERNS[d % 3] for d in range(D)},
+        "sequence_pattern_per_domain": {
+            names[d]: (f"clicks {c.sequence_windows[d][0]}..{c.sequence_windows[d][1] - 1} back"
+                       if c.sequence_windows else SEQUENCE_PATTERNS[d % 3]) for d in range(D)},
         "files": [EVENTS_FILENAME],
     }
     with open(os.path.join(output_dir, INFO_FILENAME), "w", encoding="utf-8") as f:
