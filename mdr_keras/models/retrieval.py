@@ -344,19 +344,21 @@ def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: Retr
         user, item = [n for n in user if n not in blind], [n for n in item if n not in blind]
     elif model == "dnn-single":
         user, item = [n for n in user if n != fs.DOMAIN], [n for n in item if n != fs.DOMAIN]
-    # The domain is always encoded and embedded: rows are routed by it (evaluation, self-training)
-    # and towers hand its embedding to the backbone, which a plain MLP ignores.
-    names = sorted(set(user + seq + item) | {fs.DOMAIN})
-    encoder = FeatureEncoder.from_spec(spec, names=names, name="encoder")
+    # The domain is always encoded, since rows are routed by it (evaluation, self-training), and
+    # embedded unless the towers are blind to it.
+    blind_towers = model == "dnn"
+    names = sorted(set(user + seq + item) | ({fs.DOMAIN} if not blind_towers else set()))
+    encoder = FeatureEncoder.from_spec(spec, names=sorted(set(names) | {fs.DOMAIN}), name="encoder")
     task = SampledSoftmaxRetrieval(temperature=config.temperature, name="task")
     self_training = ((config.self_training_p, config.self_training_delta, config.self_training_max)
                      if config.self_training else None)
 
     def towers(suffix=""):
+        domain_feature = None if blind_towers else fs.DOMAIN
         return (Tower(user, seq, make_backbone(model, spec.num_domains, config, "user_backbone" + suffix),
-                      name="user_tower" + suffix),
+                      domain_feature=domain_feature, name="user_tower" + suffix),
                 Tower(item, (), make_backbone(model, spec.num_domains, config, "item_backbone" + suffix),
-                      name="item_tower" + suffix))
+                      domain_feature=domain_feature, name="item_tower" + suffix))
 
     if model == "dnn-single":
         parts = [(embedding_for(encoder, names, config.embedding_dim, config.l2, name=f"embedding_{d}"),

@@ -1,7 +1,7 @@
 """Towers: feature embeddings in, one embedding out (the backbone decides how domains matter)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -59,7 +59,8 @@ class Tower(keras.layers.Layer):
         sequence_features: names of sequence embeddings, mean-pooled over their non-padding
             positions (padding embeds to zero; `hist_len` counts the real positions).
         backbone: a layer called as `backbone([x, domain, domain_embedding], training)`.
-        domain_feature: the embedding of the domain indicator (f_domain).
+        domain_feature: the embedding of the domain indicator (f_domain); None for a domain-blind
+            tower (its backbone gets an empty domain embedding).
         normalize: L2-normalize the output (dot products become cosines).
 
     Call arguments:
@@ -72,7 +73,7 @@ class Tower(keras.layers.Layer):
     """
 
     def __init__(self, features: Sequence[str], sequence_features: Sequence[str] = (), backbone=None,
-                 domain_feature: str = "domain", normalize: bool = True, **kwargs):
+                 domain_feature: Optional[str] = "domain", normalize: bool = True, **kwargs):
         super().__init__(**kwargs)
         if not features:
             raise ValueError(f"A tower needs at least one feature. Received: features={list(features)}")
@@ -96,7 +97,10 @@ class Tower(keras.layers.Layer):
             seq = inputs[n]
             count = tf.reduce_sum(tf.cast(tf.reduce_any(tf.not_equal(seq, 0.0), axis=-1), seq.dtype), axis=1)
             parts.append(tf.math.divide_no_nan(tf.reduce_sum(seq, axis=1), count[:, tf.newaxis]))
-        return [tf.concat(parts, axis=-1), inputs["domain_index"], inputs[self.domain_feature]]
+        x = tf.concat(parts, axis=-1)
+        # A domain-blind tower (domain_feature=None) hands an empty domain embedding to its backbone.
+        domain_embedding = x[:, :0] if self.domain_feature is None else inputs[self.domain_feature]
+        return [x, inputs["domain_index"], domain_embedding]
 
     def domain_attention_weights(self, inputs):
         """The backbone's adaptation weights `{key: [B, F]}` (`ADIBackbone.domain_attention_weights`, ADI
