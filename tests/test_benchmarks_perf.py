@@ -1,0 +1,92 @@
+"""Smoke tests of the performance benchmarks (benchmarks/input_pipeline.py, benchmarks/stage_memory.py) on
+tiny inputs: they run, print the expected table rows with positive numbers, and write their JSON.
+The numbers themselves are measured by running the scripts, never asserted here."""
+import json
+
+import pytest
+
+TINY_ADI = "adi:embedding_dim=8:tower_units=[16,8]:shared_units=[16]:specific_units=[16]"
+TINY_RANKER = "ranker:embedding_dim=8:mlp_units=[16]"
+
+
+def table_rows(text):
+    """{first cell: [other cells]} of the markdown table rows in `text` (header and rule excluded)."""
+    rows = {}
+    for line in text.splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def number(cell):
+    return float(cell.rstrip("x").replace(",", ""))
+
+
+@pytest.mark.parametrize("task,model,end_to_end", [("retrieval", TINY_ADI, True), ("ranking", TINY_RANKER, False)],
+                         ids=["retrieval", "ranking"])
+def test_input_pipeline_prints_rates_and_ratio(synthetic_data, tmp_path, capsys, task, model, end_to_end):
+    from benchmarks import input_pipeline
+
+    data_dir, _ = synthetic_data
+    out = tmp_path / "input.json"
+    argv = ["--data", data_dir, "--task", task, "--model", model, "--steps", "5", "--warmup", "2",
+            "--batch-size", "32", "--cached-batches", "3", "--json", str(out)]
+    assert input_pipeline.main(argv + ([] if end_to_end else ["--no-end-to-end"])) == 0
+
+    rows = table_rows(capsys.readouterr().out)
+    expected = ["input pipeline (make_dataset, shuffled)", "training step (cached input)",
+                "ratio input / training step"] + (["end-to-end fit (real pipeline)"] if end_to_end else [])
+    assert sorted(r for r in rows if r != "measure") == sorted(expected + (["ratio end-to-end / cached"]
+                                                                          if end_to_end else []))
+    for label in expected:
+        assert number(rows[label][0]) > 0, label
+    results = json.loads(out.read_text())
+    assert results["input"]["batches"] == 5 and results["train_cached"]["steps"] == 5
+    assert results["ratio"] == pytest.approx(results["input"]["examples_per_second"]
+                                             / results["train_cached"]["examples_per_second"])
+    assert ("train_end_to_end" in results) == end_to_end
+
+
+def test_input_pipeline_max_seconds_caps_the_timed_steps(synthetic_data, capsys):
+    from benchmarks import input_pipeline
+
+    data_dir, _ = synthetic_data
+    assert input_pipeline.main(["--data", data_dir, "--model", TINY_ADI, "--steps", "1000", "--warmup", "1",
+                                "--batch-size", "16", "--cached-batches", "2", "--max-seconds", "0",
+                                "--no-end-to-end"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows["input pipeline (make_dataset, shuffled)"][1] == "1"  # stopped after the first timed batch
+    assert rows["training step (cached input)"][1] == "1"
+
+
+def test_stage_memory_names_the_failing_stage(tmp_path, capsys):
+    from benchmarks import stage_memory
+
+    missing = tmp_path / "no-such-folder"
+    assert stage_memory.main(["--output", str(tmp_path / "work"), "--source", "movielens-1m",
+                              "--input", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert "stage 'preprocess' exited with status 1" in err
+    assert "ratings.dat not found" in err  # the tail of the stage's stderr
+
+
+@pytest.mark.slow
+def test_stage_memory_runs_every_stage(tmp_path, capsys):
+    from benchmarks import stage_memory
+
+    out = tmp_path / "stages.json"
+    assert stage_memory.main(["--output", str(tmp_path / "work"), "--users", "100", "--items", "50",
+                              "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
+                              "--json", str(out)]) == 0
+
+    rows = table_rows(capsys.readouterr().out)
+    stages = ["generate", "preprocess", "train adi", "train ranker", "evaluate adi", "evaluate ranker", "export",
+              "serve (to ready; RSS over its life)", "recommend"]
+    assert [r for r in rows if r != "stage"] == stages
+    for name in stages:
+        wall, rss, command = rows[name]
+        assert number(wall) > 0 and number(rss) > 0, name
+        assert command.startswith("`mdr "), name
+    assert [r["stage"] for r in json.loads(out.read_text())["stages"]] == stages
+    assert "recommendations for user" in (tmp_path / "work" / "logs" / "recommend.out").read_text()
