@@ -37,14 +37,33 @@ def parse_model(text: str):
     return name, overrides
 
 
-def run_one(label, task, data_dir, out_dir, args, strategy):
+def train_config(label, task, args):
     from mdr_keras import training
 
     name, overrides = parse_model(label)
-    config = training.TrainConfig(model=name, task=task, epochs=args.epochs, batch_size=args.batch_size,
-                                  learning_rate=args.learning_rate, seed=args.seed, patience=args.patience,
-                                  validation_split=args.validation_split, mixed_precision=args.mixed_precision,
-                                  model_config=overrides)
+    return training.TrainConfig(model=name, task=task, epochs=args.epochs, batch_size=args.batch_size,
+                                learning_rate=args.learning_rate, seed=args.seed, patience=args.patience,
+                                validation_split=args.validation_split, mixed_precision=args.mixed_precision,
+                                model_config=overrides)
+
+
+def check_models(labels, task, data_dir, args):
+    """Builds every variant once (no training), so a bad one stops the run before hours of work."""
+    from mdr_keras import training
+    from mdr_keras.feature_spec import FeatureSpec
+
+    spec = FeatureSpec.load(data_dir)
+    for label in labels:
+        try:
+            training.build_model(spec, train_config(label, task, args))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"model variant {label!r}: {e}") from None
+
+
+def run_one(label, task, data_dir, out_dir, args, strategy):
+    from mdr_keras import training
+
+    config = train_config(label, task, args)
     model_dir = os.path.join(out_dir, label.replace(":", "__").replace("=", "-"))
     summary = training.train(data_dir, model_dir, config, strategy=strategy, verbose=0)
     metrics = training.evaluate(model_dir, data_dir, args.split, ks=(50, 100))
@@ -104,10 +123,16 @@ def main(argv=None) -> int:
 
     from mdr_keras import training
 
+    labels = [m for m in args.models.split(",") if m]
+    try:
+        check_models(labels, args.task, args.data, args)
+    except ValueError as e:
+        print(f"benchmarks.models: error: {e}", file=sys.stderr)
+        return 2
     strategy = training.make_strategy(cpu_replicas=args.cpu_replicas)
     os.makedirs(args.output, exist_ok=True)
     results = []
-    for label in [m for m in args.models.split(",") if m]:
+    for label in labels:
         results.append(run_one(label, args.task, args.data, args.output, args, strategy))
         print(f"done {label}: {results[-1]['train_seconds']:.0f} s", file=sys.stderr, flush=True)
         with open(os.path.join(args.output, "results.json"), "w") as f:
