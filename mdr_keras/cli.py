@@ -226,7 +226,7 @@ def sample_record(data_dir: str, split: str = "train", scan: int = 200) -> dict:
     raise ValueError(f"no {split} records in {data_dir}")
 
 
-DEMO_STAGES = 7
+DEMO_STAGES = 8
 
 
 def _stage(n, text):
@@ -301,11 +301,17 @@ def _demo_models_and_serving(args, data_dir) -> int:
     store = serving_client.FeatureStore.from_data_dir(data_dir)
     store.save(store_path)
 
+    from mdr_keras import report as run_report
+
+    _stage(7, f"report: metrics, training curves, domain attention -> {os.path.join(out, 'report')}")
+    page = run_report.build_report(out, data_dir=data_dir)
+    print(f"      open {page}", flush=True)
+
     config_file = os.path.join(export_dir, export.MODELS_CONFIG)
     model_server = server.ModelServer(config_file, host=args.host, port=args.port)
     model_server.start()
     try:
-        _stage(7, f"model server up on {model_server.address} (TF Serving gRPC API): "
+        _stage(8, f"model server up on {model_server.address} (TF Serving gRPC API): "
                   f"{', '.join(model_server.model_names)}")
         with serving_client.Client(model_server.address, timeout=10.0) as c:
             for domain in store.domains:

@@ -65,8 +65,8 @@ def test_demo_runs_every_stage_and_answers_over_grpc(demo_run):
     code, printed, out = demo_run
     assert code == 0, printed[-3000:]
     assert "sample train record:" in printed and "hist_item_id" in printed
-    for n in range(2, 8):  # stage 1 generates logs, skipped with --input
-        assert f"[{n}/7]" in printed, n
+    for n in range(2, 9):  # stage 1 generates logs, skipped with --input
+        assert f"[{n}/8]" in printed, n
     assert "adi on eval" in printed and "ranker on eval" in printed
     assert "model server up on 127.0.0.1:" in printed
     meta = json.load(open(os.path.join(out, "data", "metadata.json")))
@@ -75,6 +75,8 @@ def test_demo_runs_every_stage_and_answers_over_grpc(demo_run):
     for name in ("user_tower", "item_tower", "ranker", "retrieval", "retrieval_scann"):
         assert os.path.isdir(os.path.join(out, "export", name, "1")), name
     assert os.path.exists(os.path.join(out, "feature_store.jsonl.gz"))
+    page = open(os.path.join(out, "report", "index.html"), encoding="utf-8").read()
+    assert "models/adi" in page and "models/ranker" in page and ".png" in page
 
 
 def test_serve_then_query_and_recommend_from_other_processes(demo_run):

@@ -50,6 +50,7 @@ class RetrievalConfig:
         num_experts, expert_units: MMoE's experts; PLE uses one shared and one specific expert
             per domain of `expert_units` (ADI: D + 1 networks of the same size).
         star_units, star_aux_units: STAR's star-topology network and auxiliary network.
+        star_partitioned_norm: STAR's partitioned normalization of the input embeddings (off: ablation).
         self_training: ADI's self-training (sec. 4.3, Algorithm 1): every positive row of domain
             i is also scored as if it were in another domain j; the top `p` of them by score are
             added as positives of domain j, with `p` starting at `self_training_p` and growing by
@@ -76,6 +77,7 @@ class RetrievalConfig:
     expert_units: Sequence[int] = (96,)
     star_units: Sequence[int] = (128, 32)
     star_aux_units: Sequence[int] = (32,)
+    star_partitioned_norm: bool = True
     self_training: bool = False
     self_training_p: float = 0.05
     self_training_delta: float = 0.05
@@ -151,7 +153,8 @@ def make_backbone(model: str, num_domains: int, config: RetrievalConfig, name: s
         from mdr_keras.layers.star import STARBackbone
 
         return STARBackbone(num_domains, units=list(c.star_units[:-1]) + out[-1:],
-                            aux_units=list(c.star_aux_units), pn_momentum=c.bn_momentum, dropout=c.dropout,
+                            aux_units=list(c.star_aux_units), partitioned_norm=c.star_partitioned_norm,
+                            pn_momentum=c.bn_momentum, dropout=c.dropout,
                             name=name)
     raise ValueError(f"Unknown retrieval model. Received: model={model!r}; expected one of {RETRIEVAL_MODELS}")
 
