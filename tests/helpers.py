@@ -59,3 +59,26 @@ def shared_dataset(name):
     """Path of a real data set in ../shared/datasets, or None when absent (a fresh clone)."""
     path = os.path.join(SHARED_DATASETS, name)
     return path if os.path.exists(path) else None
+
+
+def planted_data(folder, sequence_length, **config):
+    """A synthetic log with the planted structure `config` (`SyntheticConfig` fields) written to
+    `folder/raw` and preprocessed into `folder/data`: (data_dir, metadata)."""
+    synthetic.generate(os.path.join(folder, "raw"), synthetic.SyntheticConfig(**config))
+    data_dir = os.path.join(folder, "data")
+    return data_dir, run_job("synthetic", os.path.join(folder, "raw"), data_dir, sequence_length=sequence_length)
+
+
+def train_and_score(data_dir, model_dir, domains, metric, task, model, seed, epochs, learning_rate, ks=(50,),
+                    **model_config):
+    """Trains `model` as `mdr train` does, evaluates it on the eval split; `metric` per domain, in `domains` order."""
+    import numpy as np
+
+    from mdr_keras import training
+
+    config = training.TrainConfig(model=model, task=task, epochs=epochs, batch_size=256, learning_rate=learning_rate,
+                                  seed=seed, patience=0, validation_split="", model_config=model_config)
+    training.train(data_dir, model_dir, config, verbose=0)
+    per_domain = training.evaluate(model_dir, data_dir, ks=ks, write=False)["per_domain"]
+    return np.array([per_domain[d][metric] for d in domains])
+

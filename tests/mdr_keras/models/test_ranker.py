@@ -93,20 +93,13 @@ PLANTED_SEQUENCE = dict(num_users=1000, num_items=100, num_categories=10, mean_e
 
 @pytest.mark.slow
 def test_ranker_beats_din_and_dnn_in_every_domain_when_domains_pick_the_positions(tmp_path):
-    from pipeline import synthetic
     from tests import helpers
 
-    synthetic.generate(str(tmp_path / "raw"), synthetic.SyntheticConfig(**PLANTED_SEQUENCE))
-    data_dir = str(tmp_path / "data")
-    meta = helpers.run_job("synthetic", str(tmp_path / "raw"), data_dir, sequence_length=10)
+    data_dir, meta = helpers.planted_data(str(tmp_path), sequence_length=10, **PLANTED_SEQUENCE)
 
     def auc(model, seed, **model_config):
-        cfg = training.TrainConfig(model=model, task="ranking", epochs=4, batch_size=256, learning_rate=2e-3,
-                                   seed=seed, patience=0, validation_split="", model_config=model_config)
-        out = str(tmp_path / f"{model}_{seed}")
-        training.train(data_dir, out, cfg, verbose=0)
-        per_domain = training.evaluate(out, data_dir, write=False)["per_domain"]
-        return np.array([per_domain[d]["auc"] for d in meta["domains"]])
+        return helpers.train_and_score(data_dir, str(tmp_path / f"{model}_{seed}"), meta["domains"], "auc", "ranking",
+                                       model, seed, epochs=4, learning_rate=2e-3, **model_config)
 
     # Chunks of G = 2 positions match the planted windows (ADS sec. 2 "Chunked-Query Generation";
     # sec. 3.3 trades G between cost and accuracy).
