@@ -82,27 +82,8 @@ def time_fit(model, dataset, warmup, steps, max_seconds, callbacks=()):
     return watch.steps, watch.end - watch.start
 
 
-def build_compiled_model(spec, config, strategy):
-    """The model of `config`, its weights made and compiled, as `mdr_keras.training` builds it."""
-    import tf_keras as keras
-
-    from mdr_keras import training
-
-    with strategy.scope():
-        model = training.build_model(spec, config)
-        model(training._example_batch(spec))
-        if hasattr(model, "total_steps"):
-            model.total_steps.assign(config.steps_per_epoch)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
-        if config.mixed_precision:
-            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-        model.compile(optimizer=optimizer)
-    return model
-
-
 def run(args):
     """The measurements as a dict (see the module docstring)."""
-    import numpy as np
     import tensorflow as tf
     import tf_keras as keras
 
@@ -145,8 +126,8 @@ def run(args):
     if args.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = build_compiled_model(spec, config, strategy)
-        results["parameters"] = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+        model = training.build_compiled_model(spec, config, strategy, total_steps=config.steps_per_epoch)
+        results["parameters"] = training.trainable_parameters(model)
         callbacks = [retrieval.SelfTrainingSchedule()] if config.task == training.RETRIEVAL_TASK else []
         steps, seconds = time_fit(model, cached, args.warmup, args.steps, args.max_seconds, callbacks)
         results["train_cached"] = {"steps": steps, "seconds": seconds,

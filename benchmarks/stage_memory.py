@@ -149,12 +149,10 @@ def wait_until_serving(stage, timeout):
 
 def first_user_and_domain(data_dir):
     """(user id, domain) to query: the first user of the user vocabulary, the first domain of the spec."""
-    with open(os.path.join(data_dir, "feature_spec.json")) as f:
-        spec = json.load(f)
-    vocab = next(f["vocab_file"] for f in spec["features"] if f["name"] == "user_id")
-    with open(os.path.join(data_dir, vocab)) as f:
-        user = next(line.strip() for line in f if line.strip())
-    return user, spec["domains"][0]
+    from mdr_keras import feature_spec as fs  # plain Python: the parent still imports no TensorFlow
+
+    spec = fs.FeatureSpec.load(data_dir)
+    return spec.vocabulary(fs.USER_ID)[0], spec.domains[0]
 
 
 def plan(args):

@@ -241,18 +241,31 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
         keras.mixed_precision.set_global_policy(policy)
 
 
-def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, extra_callbacks):
-    replicas = strategy.num_replicas_in_sync
-    global_batch = config.batch_size * replicas
+def build_compiled_model(spec: fs.FeatureSpec, config: TrainConfig, strategy, total_steps: int) -> keras.Model:
+    """The model of `config` under `strategy`, its weights made and compiled, as `train` runs it.
+
+    `total_steps` is the length of training, which schedules inside `train_step` read (D3's DBO start).
+    """
     with strategy.scope():
         model = build_model(spec, config)
         model(_example_batch(spec))  # create the weights now, so the parameter count is known
         if hasattr(model, "total_steps"):
-            model.total_steps.assign(total_steps)  # schedules inside train_step (D3's DBO start)
+            model.total_steps.assign(total_steps)
         optimizer = keras.optimizers.Adam(config.learning_rate)
         if config.mixed_precision:
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)
+    return model
+
+
+def trainable_parameters(model: keras.Model) -> int:
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, extra_callbacks):
+    replicas = strategy.num_replicas_in_sync
+    global_batch = config.batch_size * replicas
+    model = build_compiled_model(spec, config, strategy, total_steps)
 
     monitor, mode = ("val_loss", "min") if config.task == RETRIEVAL_TASK else ("val_auc", "max")
     callbacks = [
@@ -267,7 +280,7 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
                                                        restore_best_weights=True))
     callbacks += list(extra_callbacks)
-    params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    params = trainable_parameters(model)
     if verbose:
         print(f"training {config.model} ({params:,} trainable parameters) on {replicas} replica(s) of "
               f"{strategy.__class__.__name__}, global batch {global_batch}, up to {config.epochs} epochs",

@@ -28,6 +28,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from benchmarks import serving_latency
 from mdr_keras import cli
 from mdr_keras import data
 from mdr_keras import training
@@ -321,14 +322,8 @@ def server(exported):
 
 
 def queries(store, n):
-    """`n` (domain, user, items) triples cycling over the domains and their users."""
-    out = []
-    for i in range(n):
-        domain = store.domains[i % len(store.domains)]
-        users, items = store.user_ids(domain), store.item_ids(domain)
-        start = (7 * i) % max(1, len(items) - ITEMS_PER_SCORE)
-        out.append((domain, users[(13 * i) % len(users)], items[start:start + ITEMS_PER_SCORE]))
-    return out
+    """`n` (domain, user, items) triples cycling over the domains and their users (the benchmark's own)."""
+    return serving_latency.queries(store, n, ITEMS_PER_SCORE)
 
 
 class Load:
