@@ -122,14 +122,21 @@ def _evaluate(args) -> int:
     return _evaluate_and_print(args.model_dir, args.data, args.split, args.baseline, ks=tuple(args.k))
 
 
+def _export_and_report(retrieval_model_dir, ranker_model_dir, data_dir, export_dir, **kwargs) -> None:
+    """`export.export_models`, then its report written beside the versions and printed."""
+    from serving import export
+
+    report = export.export_models(retrieval_model_dir, ranker_model_dir, data_dir, export_dir, **kwargs)
+    export.write_report(report, os.path.join(export_dir, f"export_report_v{report['version']}.json"))
+    print(export.format_report(report))
+
+
 def _export(args) -> int:
-    from serving import export, index
+    from serving import index
 
     config = index.IndexConfig(num_neighbors=args.k, min_recall=args.min_recall)
-    report = export.export_models(args.retrieval_model_dir, args.ranker_model_dir, args.data, args.export_dir,
-                                  version=args.version, index_config=config, k=args.k)
-    export.write_report(report, os.path.join(args.export_dir, f"export_report_v{report['version']}.json"))
-    print(export.format_report(report))
+    _export_and_report(args.retrieval_model_dir, args.ranker_model_dir, args.data, args.export_dir,
+                       version=args.version, index_config=config, k=args.k)
     return 0
 
 
@@ -292,9 +299,7 @@ def _demo_models_and_serving(args, data_dir) -> int:
 
     export_dir = os.path.join(out, "export")
     _stage(5, f"exporting SavedModels + per-domain ScaNN index -> {export_dir}")
-    report = export.export_models(os.path.join(models, "adi"), os.path.join(models, "ranker"), data_dir, export_dir)
-    export.write_report(report, os.path.join(export_dir, f"export_report_v{report['version']}.json"))
-    print(export.format_report(report))
+    _export_and_report(os.path.join(models, "adi"), os.path.join(models, "ranker"), data_dir, export_dir)
 
     store_path = os.path.join(out, "feature_store.jsonl.gz")
     _stage(6, f"feature store for query time (latest features per user and item) -> {store_path}")

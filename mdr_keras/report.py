@@ -211,7 +211,9 @@ def eval_batches(data_dir: str, spec, max_examples: int, split: Optional[str] = 
 
     splits = [split] if split else list(ATTENTION_SPLITS)
     for name in splits:
-        if not tf.io.gfile.glob(os.path.join(data_dir, name, "*.tfrecord.gz")):
+        try:
+            data.record_files(data_dir, name)
+        except FileNotFoundError:
             continue
         batches, rows = [], 0
         for batch in data.make_dataset(data_dir, name, min(batch_size, max_examples), spec=spec):
@@ -473,14 +475,19 @@ def _digits(spread: float) -> int:
     return int(min(4, max(2, np.ceil(-np.log10(spread)) + 1)))
 
 
+def scann_batch_sizes(bench: dict) -> List[str]:
+    """The batch sizes a `scann_vs_exact.json` measured, as the keys of its `queries_per_second`."""
+    return [str(b) for b in bench.get("batch_sizes", [])] or sorted(
+        {b for r in bench.get("results", []) for b in r.get("queries_per_second", {})}, key=int)
+
+
 def plot_scann_curve(bench: dict, path: str, title: str) -> str:
     """Recall@K (x) against queries/s (y, log scale) of every ScaNN configuration (a line per batch size,
     points labelled with the leaves searched) and of exact search."""
     fig = _figure(7.0, 4.5)
     ax = fig.subplots()
     rows = bench.get("results", [])
-    batches = [str(b) for b in bench.get("batch_sizes", [])] or sorted(
-        {b for r in rows for b in r.get("queries_per_second", {})}, key=int)
+    batches = scann_batch_sizes(bench)
     colors = _colors(len(batches))
     for color, b in zip(colors, batches):
         scann = sorted((r for r in rows if r.get("index") == "scann" and b in r.get("queries_per_second", {})),
@@ -713,7 +720,7 @@ def _attention_of(page: _Page, run: ModelRun, folder: str, max_examples: int, ki
     rows = sum(int(b["domain"].shape[0]) for b in batches)
     source = f"{rows:,} rows of {os.path.join(folder, split)}"
     domains = list(spec.domains)
-    counts = per_domain_counts(batches, model, len(domains))
+    counts = per_domain_counts(batches, domains)
     if kind == "adi":
         found = adi_attention(model, batches)
         if not found:
@@ -744,9 +751,10 @@ def _attention_of(page: _Page, run: ModelRun, folder: str, max_examples: int, ki
         page.add(_table(["domain"] + names, [[d] + list(row) for d, row in zip(domains, matrix)]))
 
 
-def per_domain_counts(batches, model, num_domains: int) -> List[int]:
-    index = np.concatenate([_domain_index(model, b) for b in batches])
-    return [int((index == d).sum()) for d in range(num_domains)]
+def per_domain_counts(batches, domains: Sequence[str]) -> List[int]:
+    """Rows of each domain in the raw batches (their `domain` strings), in `domains` order."""
+    names = np.concatenate([np.asarray(b["domain"]).reshape(-1) for b in batches])
+    return [int((names == d.encode()).sum()) for d in domains]
 
 
 def _counts_text(domains, counts):
@@ -770,8 +778,7 @@ def _scann_section(page: _Page, run_dir: str, out_dir: str):
                      f"{bench.get('cores', '?')} cores")
         page.add(f"<h3>{_e(rel)}</h3>")
         page.image(plot_scann_curve(bench, page.png(f"scann_{rel}"), title), "ScaNN recall / throughput")
-        batches = [str(b) for b in bench.get("batch_sizes", [])] or sorted(
-            {b for r in bench["results"] for b in r.get("queries_per_second", {})}, key=int)
+        batches = scann_batch_sizes(bench)
         page.add(_table(["index", "leaves", "leaves searched", f"recall@{bench.get('k', 'K')}", "build s"]
                         + [f"q/s batch {b}" for b in batches],
                         [[r.get("index"), r.get("leaves"), r.get("leaves_to_search"), r.get("recall"),

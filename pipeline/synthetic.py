@@ -221,18 +221,16 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
         pattern = d % 3
         if c.sequence_windows:
             lo, hi = c.sequence_windows[d]
-            match = item_cat[items[n]] in clicks[::-1][lo:hi]
-            h = None
-        elif pattern == 0:
-            h = hist_dom[d]
-        elif pattern == 1:
-            h = (hist_dom.sum(axis=0) - hist_dom[d]) / max(D - 1, 1)
+            history = c.sequence_strength * (item_cat[items[n]] in clicks[::-1][lo:hi])
         else:
-            h = last
-        if h is None:
-            logit = logit_static[n] + c.sequence_strength * match
-        else:
-            logit = logit_static[n] + c.sequence_strength * np.sqrt(k) * float(v @ h)
+            if pattern == 0:
+                h = hist_dom[d]
+            elif pattern == 1:
+                h = (hist_dom.sum(axis=0) - hist_dom[d]) / max(D - 1, 1)
+            else:
+                h = last
+            history = c.sequence_strength * np.sqrt(k) * float(v @ h)
+        logit = logit_static[n] + history
         if noise[n] < 1.0 / (1.0 + np.exp(-logit)):
             labels[n] = 1
             hist_dom[d] = 0.6 * hist_dom[d] + 0.4 * v

@@ -342,22 +342,23 @@ def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: Retr
     # a tower learns the domain (measured: on data where only the domain tells the tastes apart, a
     # DNN with them matches ADI, without them it loses half its recall). `dnn-domain` reads both;
     # `dnn-single` trains one model per domain, so its statistics are its own domain's.
-    if model == "dnn":
-        blind = {f.name for f in spec.by_role(fs.ROLE_USER_DOMAIN_STAT, fs.ROLE_ITEM_DOMAIN_STAT)} | {fs.DOMAIN}
-        user, item = [n for n in user if n not in blind], [n for n in item if n not in blind]
+    blind = model == "dnn"
+    if blind:
+        unseen = {f.name for f in spec.by_role(fs.ROLE_USER_DOMAIN_STAT, fs.ROLE_ITEM_DOMAIN_STAT)} | {fs.DOMAIN}
+        user, item = [n for n in user if n not in unseen], [n for n in item if n not in unseen]
     elif model == "dnn-single":
         user, item = [n for n in user if n != fs.DOMAIN], [n for n in item if n != fs.DOMAIN]
     # The domain is always encoded, since rows are routed by it (evaluation, self-training), and
-    # embedded unless the towers are blind to it.
-    blind_towers = model == "dnn"
-    names = sorted(set(user + seq + item) | ({fs.DOMAIN} if not blind_towers else set()))
-    encoder = FeatureEncoder.from_spec(spec, names=sorted(set(names) | {fs.DOMAIN}), name="encoder")
+    # embedded for the towers' backbones unless they are blind to it.
+    embedded = set(user + seq + item) | (set() if blind else {fs.DOMAIN})
+    names = sorted(embedded)
+    encoder = FeatureEncoder.from_spec(spec, names=sorted(embedded | {fs.DOMAIN}), name="encoder")
+    domain_feature = None if blind else fs.DOMAIN
     task = SampledSoftmaxRetrieval(temperature=config.temperature, name="task")
     self_training = ((config.self_training_p, config.self_training_delta, config.self_training_max)
                      if config.self_training else None)
 
     def towers(suffix=""):
-        domain_feature = None if blind_towers else fs.DOMAIN
         return (Tower(user, seq, make_backbone(model, spec.num_domains, config, "user_backbone" + suffix),
                       domain_feature=domain_feature, name="user_tower" + suffix),
                 Tower(item, (), make_backbone(model, spec.num_domains, config, "item_backbone" + suffix),
