@@ -156,6 +156,7 @@ def table(results) -> str:
     if "train_end_to_end" in results:
         e2e = results["train_end_to_end"]["examples_per_second"] / results["train_cached"]["examples_per_second"]
         lines.append(f"| ratio end-to-end / cached | {e2e:.2f}x | | |")
+    lines.append(f"| trainable parameters of {results['model']} | {results['parameters']:,} | | |")
     return "\n".join(lines)
 
 

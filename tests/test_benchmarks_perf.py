@@ -37,8 +37,10 @@ def test_input_pipeline_prints_rates_and_ratio(synthetic_data, tmp_path, capsys,
     rows = table_rows(capsys.readouterr().out)
     expected = ["input pipeline (make_dataset, shuffled)", "training step (cached input)",
                 "ratio input / training step"] + (["end-to-end fit (real pipeline)"] if end_to_end else [])
-    assert sorted(r for r in rows if r != "measure") == sorted(expected + (["ratio end-to-end / cached"]
-                                                                          if end_to_end else []))
+    params = f"trainable parameters of {model}"
+    assert sorted(r for r in rows if r != "measure") == sorted(expected + [params] + (
+        ["ratio end-to-end / cached"] if end_to_end else []))
+    assert number(rows[params][0]) == json.loads(out.read_text())["parameters"] > 0
     for label in expected:
         assert number(rows[label][0]) > 0, label
     results = json.loads(out.read_text())
