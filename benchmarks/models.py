@@ -78,7 +78,8 @@ def run_one(label, task, data_dir, out_dir, args, strategy, seed=0, seed_suffix=
     from mdr_keras import training
 
     config = train_config(label, task, args, seed)
-    model_dir = os.path.join(out_dir, label.replace(":", "__").replace("=", "-") + (f"_seed{seed}" if seed_suffix else ""))
+    folder = label.replace(":", "__").replace("=", "-") + (f"_seed{seed}" if seed_suffix else "")
+    model_dir = os.path.join(out_dir, folder)
     summary = training.train(data_dir, model_dir, config, strategy=strategy, verbose=0)
     metrics = training.evaluate(model_dir, data_dir, args.split, ks=(50, 100))
     rows = training.split_rows(data_dir, "train") * summary["epochs_run"]
