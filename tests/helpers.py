@@ -81,4 +81,3 @@ def train_and_score(data_dir, model_dir, domains, metric, task, model, seed, epo
     training.train(data_dir, model_dir, config, verbose=0)
     per_domain = training.evaluate(model_dir, data_dir, ks=ks, write=False)["per_domain"]
     return np.array([per_domain[d][metric] for d in domains])
-
