@@ -60,6 +60,23 @@ MISSING_TIMESTAMP = -1
 # Statistic features, computed by the job on the training window only.
 USER_DOMAIN_STATS = ("user_domain_events", "user_domain_clicks", "user_domain_ctr")
 ITEM_DOMAIN_STATS = ("item_domain_impressions", "item_domain_clicks", "item_domain_ctr")
+# Smoothing strength of the CTR statistics: a key with n impressions gets (clicks + A*p) / (n + A),
+# p the domain's training CTR, so rare keys do not get CTRs of exactly 0 or 1.
+CTR_PRIOR_STRENGTH = 5.0
+
+
+def smoothed_ctr(clicks: float, n: float, prior: float) -> float:
+    return (clicks + CTR_PRIOR_STRENGTH * prior) / (n + CTR_PRIOR_STRENGTH)
+
+
+def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: float) -> Dict[str, float]:
+    """The statistic features `names` (events or impressions, clicks, smoothed CTR) of a key with `n`
+    training events, `clicks` of them positive, in a domain of training CTR `prior`.
+
+    The one formula of the job (records, item corpus) and of the feature store (query time).
+    """
+    events, clicks_name, ctr = names
+    return {events: float(n), clicks_name: float(clicks), ctr: smoothed_ctr(clicks, n, prior)}
 
 # Split names, in the order the random split's ratios are given.
 SPLITS = ("train", "eval", "test")

@@ -22,9 +22,6 @@ from mdr_keras import feature_spec as fs
 from pipeline.sources import InputError, RowError, Source
 
 REJECTED = "rejected"
-# Smoothing strength of the CTR statistics: a key with n impressions gets (clicks + A*p) / (n + A),
-# p the domain's training CTR, so rare items do not get CTRs of exactly 0 or 1.
-CTR_PRIOR_STRENGTH = 5.0
 OTHER_DOMAIN = "other"
 
 
@@ -38,10 +35,6 @@ def reason_category(reason: str) -> str:
     for sep in (":", "(", "{", "'"):
         reason = reason.split(sep, 1)[0]
     return reason.strip()
-
-
-def smoothed_ctr(clicks: float, n: float, prior: float) -> float:
-    return (clicks + CTR_PRIOR_STRENGTH * prior) / (n + CTR_PRIOR_STRENGTH)
 
 
 def _emit_window(value):
@@ -346,7 +339,8 @@ def _domain_ctr(label_counts):
 class DomainStatistics(beam.PTransform):
     """Training-window statistics: each domain's CTR, and each (item, domain)'s impressions and clicks.
 
-    Only events of the train split are counted, so no statistic ever sees the eval window.
+    Only events of the train split are counted, so no statistic ever sees the eval window; a train
+    record's own event is left out of its statistics (`BehaviourSequences`).
 
     Returns:
         (domain_ctr, item_domain_counts): a singleton {domain: ctr} and (item, domain) -> (n, clicks).
@@ -368,10 +362,13 @@ class DomainStatistics(beam.PTransform):
         return domain_ctr, item_counts
 
 
-def item_stat_values(counts, prior):
+def item_stat_values(counts, prior, own_label=None):
+    """The item domain statistics of training-window `counts` (n, clicks), less one event of label
+    `own_label` when the record is itself one of the counted train events."""
     n, clicks = counts if counts else (0, 0)
-    return {"item_domain_impressions": float(n), "item_domain_clicks": float(clicks),
-            "item_domain_ctr": smoothed_ctr(clicks, n, prior)}
+    if own_label is not None:
+        n, clicks = n - 1, clicks - own_label
+    return fs.domain_stat_values(fs.ITEM_DOMAIN_STATS, n, clicks, prior)
 
 
 class _SequencesFn(beam.DoFn):
@@ -427,18 +424,24 @@ class _SequencesFn(beam.DoFn):
         domain = e["domain"]
         prior = domain_ctr.get(domain, 0.0)
         n, clicks = user_counts.get(domain, (0, 0))
+        # A train record's statistics leave its own event out: counted in, its label would be part of
+        # its own features (on an item seen once, the CTR *is* the label), and the model would learn
+        # to read it. Eval/test records and the feature store get the whole window, which a train
+        # record's leave-one-out values match in distribution.
+        own_label = e["label"] if e["split"] == "train" else None
+        if own_label is not None:
+            n, clicks = n - 1, clicks - own_label
         rec = {
             fs.USER_ID: e["user_id"], fs.ITEM_ID: e["item_id"], fs.DOMAIN: domain,
             fs.LABEL: e["label"], fs.TIMESTAMP: e["timestamp"],
-            "user_domain_events": float(n), "user_domain_clicks": float(clicks),
-            "user_domain_ctr": smoothed_ctr(clicks, n, prior),
+            **fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, prior),
             fs.HIST_ITEM_ID: [h[0] for h in recent] + pad,
             fs.HIST_CATEGORY: [h[1] for h in recent] + pad,
             fs.HIST_DOMAIN: [h[2] for h in recent] + pad,
             fs.HIST_LENGTH: len(recent),
             "split": e["split"],
         }
-        rec.update(item_stat_values(item_counts.get((e["item_id"], domain)), prior))
+        rec.update(item_stat_values(item_counts.get((e["item_id"], domain)), prior, own_label))
         for name in self._side:
             value = e["features"][name]
             if name in self._list_lengths:
@@ -497,7 +500,8 @@ class BehaviourSequences(beam.PTransform):
 
     The sequence of an event holds the user's `sequence_length` most recent *strictly earlier*
     events (positives only by default), most recent first; records of the train split only see
-    train events, so nothing of the eval window leaks into training.
+    train events, so nothing of the eval window leaks into training. The statistics of a train record
+    leave out its own event (leave-one-out), so its label is never part of its features.
 
     Args:
         order: 'time' (events sharing a timestamp do not see each other), 'file' (no timestamps:

@@ -90,8 +90,8 @@ class FeatureStore:
     - per user: the user features (`user_id` and the other `user`-role features) and the behaviour
       sequence (`hist_*`, `hist_len`). The sequence is the user's across all domains (`hist_domain`
       says where each event happened), so it comes from the user's latest record in any domain.
-    - per (user, domain): the user domain statistics (`user_domain_*`; training-window values, the
-      same on every record of the user in that domain).
+    - per (user, domain): the user domain statistics (`user_domain_*`; training-window values, as
+      on the user's eval records in that domain; train records leave their own event out).
     - per item: the item features; per (item, domain): the item domain statistics.
     - per domain: the CTR prior, the value the job gives `*_ctr` when there is no event.
 
@@ -166,7 +166,8 @@ class FeatureStore:
 
         - Users: from the records of `splits`, the latest record (by timestamp; on equal timestamps
           the later split, then the longer history) of each user gives the user features and the
-          behaviour sequence; the latest record of each (user, domain) gives its domain statistics.
+          behaviour sequence; the user's `train` records per domain give its domain statistics
+          (counted here: each train record's own values leave its event out).
           A record's sequence holds the events strictly before it; with `include_latest_events`
           the events of the user's latest timestamp are put in front of it (those the job puts in
           sequences: clicks, or every event with `--sequence-events all`, per `metadata.json`), so
@@ -192,16 +193,15 @@ class FeatureStore:
         spec = fs.FeatureSpec.load(data_dir)
         sequence_events = _sequence_events(data_dir)
         user_names = [f.name for f in spec.by_role(fs.ROLE_USER)]
-        stat_names = [f.name for f in spec.by_role(fs.ROLE_USER_DOMAIN_STAT)]
         seq_names = [f.name for f in spec.by_role(fs.ROLE_SEQUENCE)]
         category = spec[fs.HIST_CATEGORY].vocab_from if fs.HIST_CATEGORY in spec else None
-        names = set(user_names + stat_names + seq_names + [fs.DOMAIN, fs.ITEM_ID, fs.LABEL, fs.TIMESTAMP])
+        names = set(user_names + seq_names + [fs.DOMAIN, fs.ITEM_ID, fs.LABEL, fs.TIMESTAMP])
         if category:
             names.add(category)
         T = spec.sequence_length
 
         latest_user: Dict[str, tuple] = {}    # user -> (key, record)
-        latest_stats: Dict[tuple, tuple] = {}  # (user, domain) -> (key, stats)
+        user_counts: Dict[tuple, List[int]] = {}  # (user, domain) -> [train events, clicks]
         last_events: Dict[str, tuple] = {}    # user -> (timestamp, [(item, category, domain, label)])
         train_counts: Dict[str, List[int]] = {d: [0, 0] for d in spec.domains}
         read = 0
@@ -213,14 +213,15 @@ class FeatureStore:
                     read += 1
                     user, domain, ts = row[fs.USER_ID], row[fs.DOMAIN], row[fs.TIMESTAMP]
                     key = (ts, _SPLIT_RANK.get(split, 0), row[fs.HIST_LENGTH] if fs.HIST_LENGTH in row else 0)
+                    # Counted here, not read from the records: a train record's statistics leave its
+                    # own event out; query time wants the whole window, as eval records carry it.
+                    stats = user_counts.setdefault((user, domain), [0, 0])
                     if split == "train":
-                        counts = train_counts.setdefault(domain, [0, 0])
-                        counts[0] += 1
-                        counts[1] += row[fs.LABEL]
+                        for counts in (train_counts.setdefault(domain, [0, 0]), stats):
+                            counts[0] += 1
+                            counts[1] += row[fs.LABEL]
                     if user not in latest_user or key >= latest_user[user][0]:
                         latest_user[user] = (key, {n: row[n] for n in user_names + seq_names})
-                    if (user, domain) not in latest_stats or key >= latest_stats[(user, domain)][0]:
-                        latest_stats[(user, domain)] = (key, {n: row[n] for n in stat_names})
                     event = (row[fs.ITEM_ID], row[category] if category else fs.PAD, domain, row[fs.LABEL])
                     seen = last_events.get(user)
                     if seen is None or ts > seen[0]:
@@ -248,7 +249,9 @@ class FeatureStore:
                 for row in _rows(batch, spec):
                     items.setdefault(row[fs.ITEM_ID], {n: row[n] for n in item_names})
                     item_stats.setdefault((row[fs.ITEM_ID], row[fs.DOMAIN]), {n: row[n] for n in item_stat_names})
-        return cls(spec, users, {k: v for k, (_, v) in latest_stats.items()}, items, item_stats, priors)
+        user_stats = {(u, d): fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, priors.get(d, 0.0))
+                      for (u, d), (n, clicks) in user_counts.items()}
+        return cls(spec, users, user_stats, items, item_stats, priors)
 
     def _default_user(self) -> dict:
         """Cold-start user features: "" for categorical ones, the median over users for numeric ones."""

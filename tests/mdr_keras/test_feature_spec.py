@@ -75,3 +75,11 @@ def test_bad_spec_values():
         fs.FeatureSpec.from_json({"version": 99})
     with pytest.raises(FileNotFoundError, match="mdr preprocess"):
         fs.FeatureSpec.load("/nonexistent/folder")
+
+
+def test_domain_stat_values_by_hand():
+    # 3 events, 2 clicks, domain CTR 0.5: (2 + 5 * 0.5) / (3 + 5) = 4.5 / 8 = 0.5625.
+    assert fs.domain_stat_values(fs.USER_DOMAIN_STATS, 3, 2, 0.5) == {
+        "user_domain_events": 3.0, "user_domain_clicks": 2.0, "user_domain_ctr": 0.5625}
+    # No event: the prior itself.
+    assert fs.domain_stat_values(fs.ITEM_DOMAIN_STATS, 0, 0, 0.2)["item_domain_ctr"] == pytest.approx(0.2)
