@@ -248,6 +248,28 @@ class RankerModel(keras.Model):
         self.total_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="total_steps")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.auc_tracker = keras.metrics.AUC(num_thresholds=2000, name="auc")
+        self._mlp_config = {"mlp_units": [int(u) for u in mlp_units], "dropout": float(dropout), "dsbn": bool(dsbn),
+                            "bn_momentum": float(bn_momentum)}
+
+    _LAYERS = ("encoder", "embedding", "psrg", "pcrg", "attention", "backbone", "dsfs")
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable,
+                  "features": {k: list(v) for k, v in self.features.items()},  # plain, not Keras' tracking wrappers
+                  "num_domains": self.num_domains,
+                  "balance": dataclasses.asdict(self.balance) if self.balance is not None else None,
+                  **self._mlp_config}
+        config.update({k: keras.saving.serialize_keras_object(getattr(self, k)) for k in self._LAYERS})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for k in cls._LAYERS:
+            config[k] = keras.saving.deserialize_keras_object(config[k]) if config[k] is not None else None
+        if config["balance"] is not None:
+            config["balance"] = DomainBalance(**config["balance"])
+        return cls(**config)
 
     # ---------------------------------------------------------------- forward
     def _concat(self, emb, names):

@@ -193,6 +193,21 @@ class RetrievalModel(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.pseudo_tracker = keras.metrics.Mean(name="pseudo_loss")
 
+    _LAYERS = ("encoder", "embedding", "user_tower", "item_tower", "task")
+
+    def get_config(self):
+        config = {"name": self.name, "trainable": self.trainable, "domains": list(self.domains),
+                  "self_training": list(self.self_training) if self.self_training else None}
+        config.update({k: keras.saving.serialize_keras_object(getattr(self, k)) for k in self._LAYERS})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for k in cls._LAYERS:
+            config[k] = keras.saving.deserialize_keras_object(config[k])
+        return cls(**config)
+
     def _embed(self, raw):
         idx = self.encoder(raw)
         emb = self.embedding(idx)

@@ -67,3 +67,20 @@ def test_adi_beats_domain_blind_dnn_in_every_domain_on_planted_domain_tastes(tmp
         ablated = recall("adi", 0, **ablation)
         print(f"LEARNING adi {ablation} recall@50 {ablated.round(3).tolist()}")
         assert (ablated - dnn.mean(axis=0) > max(2 * noise, 0.1)).all(), (ablation, ablated, dnn)
+
+
+@pytest.mark.parametrize("model,config", [("adi", {}), ("adi", {"self_training": True}), ("star", {}),
+                                          ("dnn", {})])
+def test_model_config_round_trip_same_embeddings(synthetic_data, model, config):
+    from tests.mdr_keras.layer_checks import assert_config_round_trip
+
+    out, _ = synthetic_data
+    batch = next(iter(data.make_dataset(out, "eval", 8)))
+    m = build_retrieval_model(fs.FeatureSpec.load(out), model, RetrievalConfig(**config))
+    before = m(batch)
+    clone = assert_config_round_trip(m)  # a complete config: no "non-serializable objects" warning on export
+    clone(batch)
+    clone.set_weights(m.get_weights())
+    after = clone(batch)
+    for side in ("user", "item"):
+        np.testing.assert_allclose(after[side].numpy(), before[side].numpy(), rtol=1e-5, atol=1e-6)
