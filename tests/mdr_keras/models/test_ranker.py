@@ -70,10 +70,15 @@ def test_ranker_learns_and_evaluates_per_domain(synthetic_data):
     m = build_ranker_model(fs.FeatureSpec.load(data_dir), "ranker")
     m.total_steps.assign(2 * math.ceil(meta["rows_written_per_split"]["train"] / 256))  # DBO from epoch 2 on
     m.compile(optimizer=keras.optimizers.Adam(1e-3))
-    history = m.fit(data.make_dataset(data_dir, "train", 256, shuffle=True, seed=0), epochs=2, verbose=0).history
-    assert history["loss"][1] < history["loss"][0], history
-    assert set(history) == {"loss", "auc"}
+    train = data.make_dataset(data_dir, "train", 256, shuffle=True, seed=0)
+    first = m.fit(train, epochs=1, verbose=0).history
+    assert set(first) == {"loss", "auc"}
+    # Evaluated after one epoch: on these 4,907 rows the ranker's 3.4M parameters (mostly the D3
+    # head's generated weights) overfit from the second on (eval logloss 0.629, then 0.747, 1.003;
+    # DIN 0.629, 0.615, 0.639).
     result = evaluate_ranker(m, data_dir, "eval", batch_size=200)  # several batches, a short last one
+    second = m.fit(train, epochs=1, verbose=0).history  # DBO weights the loss in this epoch
+    assert second["loss"][0] < first["loss"][0], (first, second)
     assert set(result["per_domain"]) == set(meta["domains"])
     overall = result["overall"]
     assert overall["rows"] == meta["rows_written_per_split"]["eval"] == sum(
