@@ -69,13 +69,27 @@ def smoothed_ctr(clicks: float, n: float, prior: float) -> float:
     return (clicks + CTR_PRIOR_STRENGTH * prior) / (n + CTR_PRIOR_STRENGTH)
 
 
-def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: float) -> Dict[str, float]:
+# Keys with fewer training events than this get the prior's clicks and CTR (`domain_stat_values`).
+MIN_STAT_EVENTS = 5
+
+
+def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: float,
+                       min_events: int = MIN_STAT_EVENTS) -> Dict[str, float]:
     """The statistic features `names` (events or impressions, clicks, smoothed CTR) of a key with `n`
     training events, `clicks` of them positive, in a domain of training CTR `prior`.
+
+    Every training record of a key carries the same values, its own label counted in. With few events
+    that label *is* the statistic (one event: CTR (y + A p) / (1 + A)), so a key with fewer than
+    `min_events` gets the prior's clicks `n * p`, hence CTR `p`; from `min_events` on, a record's own
+    label weighs at most 1 / (min_events + A) in its CTR. (Leaving the record's own event out instead
+    makes the records of one key differ by their label, which a model that knows the key reads back:
+    measured on MovieLens-1M, the ranker fell from 0.795 to 0.761 AUC.)
 
     The one formula of the job (records, item corpus) and of the feature store (query time).
     """
     events, clicks_name, ctr = names
+    if n < min_events:
+        clicks = n * prior
     return {events: float(n), clicks_name: float(clicks), ctr: smoothed_ctr(clicks, n, prior)}
 
 # Split names, in the order the random split's ratios are given.

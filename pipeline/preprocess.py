@@ -60,6 +60,8 @@ class PreprocessConfig:
         sequence_length: T, the behaviour sequence length.
         sequence_events: 'positive' (clicks only) or 'all' events make up behaviour sequences.
         min_count: tokens seen fewer times in train are out of vocabulary.
+        min_stat_events: keys (user or item, domain) with fewer training events get the domain prior's
+            clicks and CTR instead of their own (with so few, a record's own label would be its CTR).
         num_buckets: quantile buckets of numeric features.
         max_domains: keep this many most frequent domains, fold the rest into 'other' (sources
             without a fixed domain list only).
@@ -82,6 +84,7 @@ class PreprocessConfig:
     sequence_length: int = 50
     sequence_events: str = "positive"
     min_count: int = 1
+    min_stat_events: int = fs.MIN_STAT_EVENTS
     num_buckets: int = 10
     max_domains: Optional[int] = None
     num_shards: int = 0
@@ -111,6 +114,8 @@ class PreprocessConfig:
             raise ValueError(f"--sequence-events must be 'positive' or 'all'. Received: {self.sequence_events}")
         if self.min_count < 1:
             raise ValueError(f"--min-count must be >= 1. Received: --min-count {self.min_count}")
+        if self.min_stat_events < 1:
+            raise ValueError(f"--min-stat-events must be >= 1. Received: --min-stat-events {self.min_stat_events}")
         if self.num_buckets < 2:
             raise ValueError(f"--num-buckets must be >= 2. Received: --num-buckets {self.num_buckets}")
         if self.max_domains is not None and self.max_domains < 1:
@@ -211,9 +216,10 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
     domain_ctr, item_counts = events | "DomainStatistics" >> T.DomainStatistics()
     records = histories | "BehaviourSequences" >> T.BehaviourSequences(
         source.side_features, source.category_feature, config.sequence_length, config.sequence_events,
-        sequence_order(source), domain_ctr, item_counts)
+        sequence_order(source), domain_ctr, item_counts, config.min_stat_events)
     corpus = events | "ItemCorpus" >> T.ItemCorpus(
-        [f for f in source.side_features if f.role == fs.ROLE_ITEM], domain_ctr, item_counts)
+        [f for f in source.side_features if f.role == fs.ROLE_ITEM], domain_ctr, item_counts,
+        config.min_stat_events)
 
     train_records = records | "KeepTrainRecords" >> beam.Filter(lambda r: r["split"] == "train")
     categorical = [f for f in features if f.vocab_file and f.role != fs.ROLE_DOMAIN]
@@ -322,6 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which earlier events make up the behaviour sequence")
     parser.add_argument("--min-count", type=int, default=1, help="vocabulary frequency threshold")
     parser.add_argument("--num-buckets", type=int, default=10, help="quantile buckets of numeric features")
+    parser.add_argument("--min-stat-events", type=int, default=fs.MIN_STAT_EVENTS,
+                        help="keys with fewer training events get the domain's prior clicks and CTR")
     parser.add_argument("--max-domains", type=int, default=None,
                         help="keep the N most frequent domains, fold the rest into 'other'")
     parser.add_argument("--num-shards", type=int, default=0, help="TFRecord shards per split (0: automatic)")
@@ -343,7 +351,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         seed=args.seed, ratios=ratios, eval_start=args.eval_start, test_start=args.test_start,
         eval_fraction=args.eval_fraction, test_fraction=args.test_fraction,
         sequence_length=args.sequence_length, sequence_events=args.sequence_events, min_count=args.min_count,
-        num_buckets=args.num_buckets, max_domains=max_domains, num_shards=args.num_shards,
+        min_stat_events=args.min_stat_events, num_buckets=args.num_buckets, max_domains=max_domains, num_shards=args.num_shards,
         label_threshold=args.label_threshold, overwrite=args.overwrite)
 
 

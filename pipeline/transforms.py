@@ -339,8 +339,7 @@ def _domain_ctr(label_counts):
 class DomainStatistics(beam.PTransform):
     """Training-window statistics: each domain's CTR, and each (item, domain)'s impressions and clicks.
 
-    Only events of the train split are counted, so no statistic ever sees the eval window; a train
-    record's own event is left out of its statistics (`BehaviourSequences`).
+    Only events of the train split are counted, so no statistic ever sees the eval window.
 
     Returns:
         (domain_ctr, item_domain_counts): a singleton {domain: ctr} and (item, domain) -> (n, clicks).
@@ -362,21 +361,20 @@ class DomainStatistics(beam.PTransform):
         return domain_ctr, item_counts
 
 
-def item_stat_values(counts, prior, own_label=None):
-    """The item domain statistics of training-window `counts` (n, clicks), less one event of label
-    `own_label` when the record is itself one of the counted train events."""
+def item_stat_values(counts, prior, min_events):
+    """The item domain statistics of training-window `counts` (n, clicks) (`fs.domain_stat_values`)."""
     n, clicks = counts if counts else (0, 0)
-    if own_label is not None:
-        n, clicks = n - 1, clicks - own_label
-    return fs.domain_stat_values(fs.ITEM_DOMAIN_STATS, n, clicks, prior)
+    return fs.domain_stat_values(fs.ITEM_DOMAIN_STATS, n, clicks, prior, min_events)
 
 
 class _SequencesFn(beam.DoFn):
     """One user's events -> records with behaviour sequences and user statistics (+ duplicates)."""
 
-    def __init__(self, side_features, category_feature, sequence_length, sequence_events, order):
+    def __init__(self, side_features, category_feature, sequence_length, sequence_events, order,
+                 min_stat_events=fs.MIN_STAT_EVENTS):
         if order not in ("time", "file", "none"):
             raise ValueError(f"order must be 'time', 'file' or 'none'. Received: order={order!r}")
+        self._min_events = min_stat_events
         self._side = [f.name for f in side_features]
         self._list_lengths = {f.name: f.length for f in side_features if f.kind == fs.KIND_CATEGORICAL_LIST}
         self._category = category_feature
@@ -424,24 +422,17 @@ class _SequencesFn(beam.DoFn):
         domain = e["domain"]
         prior = domain_ctr.get(domain, 0.0)
         n, clicks = user_counts.get(domain, (0, 0))
-        # A train record's statistics leave its own event out: counted in, its label would be part of
-        # its own features (on an item seen once, the CTR *is* the label), and the model would learn
-        # to read it. Eval/test records and the feature store get the whole window, which a train
-        # record's leave-one-out values match in distribution.
-        own_label = e["label"] if e["split"] == "train" else None
-        if own_label is not None:
-            n, clicks = n - 1, clicks - own_label
         rec = {
             fs.USER_ID: e["user_id"], fs.ITEM_ID: e["item_id"], fs.DOMAIN: domain,
             fs.LABEL: e["label"], fs.TIMESTAMP: e["timestamp"],
-            **fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, prior),
+            **fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, prior, self._min_events),
             fs.HIST_ITEM_ID: [h[0] for h in recent] + pad,
             fs.HIST_CATEGORY: [h[1] for h in recent] + pad,
             fs.HIST_DOMAIN: [h[2] for h in recent] + pad,
             fs.HIST_LENGTH: len(recent),
             "split": e["split"],
         }
-        rec.update(item_stat_values(item_counts.get((e["item_id"], domain)), prior, own_label))
+        rec.update(item_stat_values(item_counts.get((e["item_id"], domain)), prior, self._min_events))
         for name in self._side:
             value = e["features"][name]
             if name in self._list_lengths:
@@ -500,8 +491,9 @@ class BehaviourSequences(beam.PTransform):
 
     The sequence of an event holds the user's `sequence_length` most recent *strictly earlier*
     events (positives only by default), most recent first; records of the train split only see
-    train events, so nothing of the eval window leaks into training. The statistics of a train record
-    leave out its own event (leave-one-out), so its label is never part of its features.
+    train events, so nothing of the eval window leaks into training. Statistics are the training
+    window's, the same on every record of a key; keys with fewer than `min_stat_events` training
+    events get the prior's clicks and CTR (`fs.domain_stat_values`).
 
     Args:
         order: 'time' (events sharing a timestamp do not see each other), 'file' (no timestamps:
@@ -509,9 +501,10 @@ class BehaviourSequences(beam.PTransform):
     """
 
     def __init__(self, side_features, category_feature, sequence_length, sequence_events, order,
-                 domain_ctr, item_counts):
+                 domain_ctr, item_counts, min_stat_events=fs.MIN_STAT_EVENTS):
         super().__init__()
-        self._fn = _SequencesFn(side_features, category_feature, sequence_length, sequence_events, order)
+        self._fn = _SequencesFn(side_features, category_feature, sequence_length, sequence_events, order,
+                                min_stat_events)
         self._domain_ctr = domain_ctr
         self._item_counts = item_counts
 
@@ -604,8 +597,9 @@ class QuantileBoundaries(beam.PTransform):
 class ItemCorpus(beam.PTransform):
     """One record per (item, domain) seen in the logs: the item's latest features and its statistics."""
 
-    def __init__(self, item_features, domain_ctr, item_counts):
+    def __init__(self, item_features, domain_ctr, item_counts, min_stat_events=fs.MIN_STAT_EVENTS):
         super().__init__()
+        self._min_events = min_stat_events
         self._item_features = item_features
         self._domain_ctr = domain_ctr
         self._item_counts = item_counts
@@ -613,6 +607,7 @@ class ItemCorpus(beam.PTransform):
     def expand(self, events):
         names = [f.name for f in self._item_features]
         lists = {f.name: f.length for f in self._item_features if f.kind == fs.KIND_CATEGORICAL_LIST}
+        min_events = self._min_events
 
         def latest(values):
             return max(values, key=lambda v: v[0])
@@ -624,7 +619,7 @@ class ItemCorpus(beam.PTransform):
             for n in names:
                 v = features[n]
                 rec[n] = list(v) + [fs.PAD] * (lists[n] - len(v)) if n in lists else v
-            rec.update(item_stat_values(item_counts.get(key), domain_ctr.get(domain, 0.0)))
+            rec.update(item_stat_values(item_counts.get(key), domain_ctr.get(domain, 0.0), min_events))
             return rec
 
         return (events

@@ -90,8 +90,8 @@ class FeatureStore:
     - per user: the user features (`user_id` and the other `user`-role features) and the behaviour
       sequence (`hist_*`, `hist_len`). The sequence is the user's across all domains (`hist_domain`
       says where each event happened), so it comes from the user's latest record in any domain.
-    - per (user, domain): the user domain statistics (`user_domain_*`; training-window values, as
-      on the user's eval records in that domain; train records leave their own event out).
+    - per (user, domain): the user domain statistics (`user_domain_*`; training-window values, the
+      same on every record of the user in that domain).
     - per item: the item features; per (item, domain): the item domain statistics.
     - per domain: the CTR prior, the value the job gives `*_ctr` when there is no event.
 
@@ -167,7 +167,7 @@ class FeatureStore:
         - Users: from the records of `splits`, the latest record (by timestamp; on equal timestamps
           the later split, then the longer history) of each user gives the user features and the
           behaviour sequence; the user's `train` records per domain give its domain statistics
-          (counted here: each train record's own values leave its event out).
+          (counted as the job counts them, `fs.domain_stat_values`).
           A record's sequence holds the events strictly before it; with `include_latest_events`
           the events of the user's latest timestamp are put in front of it (those the job puts in
           sequences: clicks, or every event with `--sequence-events all`, per `metadata.json`), so
@@ -191,7 +191,9 @@ class FeatureStore:
             raise FileNotFoundError(f"{data_dir} holds no complete preprocessing output (no _SUCCESS); "
                                     "run `mdr preprocess` to completion first")
         spec = fs.FeatureSpec.load(data_dir)
-        sequence_events = _sequence_events(data_dir)
+        job = _job_config(data_dir)
+        sequence_events = job.get("sequence_events", "positive")
+        min_stat_events = job.get("min_stat_events", 1)  # outputs written before the rule had none
         user_names = [f.name for f in spec.by_role(fs.ROLE_USER)]
         seq_names = [f.name for f in spec.by_role(fs.ROLE_SEQUENCE)]
         category = spec[fs.HIST_CATEGORY].vocab_from if fs.HIST_CATEGORY in spec else None
@@ -213,8 +215,7 @@ class FeatureStore:
                     read += 1
                     user, domain, ts = row[fs.USER_ID], row[fs.DOMAIN], row[fs.TIMESTAMP]
                     key = (ts, _SPLIT_RANK.get(split, 0), row[fs.HIST_LENGTH] if fs.HIST_LENGTH in row else 0)
-                    # Counted here, not read from the records: a train record's statistics leave its
-                    # own event out; query time wants the whole window, as eval records carry it.
+                    # Counted here, with the job's formula below: the values every record of the key carries.
                     stats = user_counts.setdefault((user, domain), [0, 0])
                     if split == "train":
                         for counts in (train_counts.setdefault(domain, [0, 0]), stats):
@@ -249,7 +250,8 @@ class FeatureStore:
                 for row in _rows(batch, spec):
                     items.setdefault(row[fs.ITEM_ID], {n: row[n] for n in item_names})
                     item_stats.setdefault((row[fs.ITEM_ID], row[fs.DOMAIN]), {n: row[n] for n in item_stat_names})
-        user_stats = {(u, d): fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, priors.get(d, 0.0))
+        user_stats = {(u, d): fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, priors.get(d, 0.0),
+                                                    min_stat_events)
                       for (u, d), (n, clicks) in user_counts.items()}
         return cls(spec, users, user_stats, items, item_stats, priors)
 
@@ -423,13 +425,13 @@ class FeatureStore:
                 f"domains {self.spec.domains})")
 
 
-def _sequence_events(data_dir: str) -> str:
-    """'positive' or 'all': which events the job put in sequences (metadata.json; default 'positive')."""
+def _job_config(data_dir: str) -> dict:
+    """The preprocessing job's config (metadata.json), {} when unreadable."""
     try:
         with tf.io.gfile.GFile(os.path.join(data_dir, "metadata.json"), "r") as f:
-            return json.load(f).get("config", {}).get("sequence_events", "positive")
+            return json.load(f).get("config", {})
     except (tf.errors.NotFoundError, ValueError):
-        return "positive"
+        return {}
 
 
 def _rows(batch: Mapping[str, tf.Tensor], spec: fs.FeatureSpec) -> Iterable[dict]:

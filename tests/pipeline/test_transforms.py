@@ -95,11 +95,18 @@ def test_behaviour_sequences_are_strictly_earlier():
     side = (fs.SideFeature("cat", fs.ROLE_ITEM, fs.KIND_CATEGORICAL),)
     with TestPipeline() as p:
         ctr = p | "Ctr" >> beam.Create([{"a": 0.5, "b": 0.5}])
-        # Training-window counts (n, clicks) of each (item, domain) the train events hit (i1 has others').
-        items = p | "Items" >> beam.Create([(("i1", "a"), (4, 2)), (("i2", "a"), (1, 1)), (("i3", "b"), (1, 0)),
-                                            (("i5", "a"), (1, 1))])
+        items = p | "Items" >> beam.Create([(("i1", "a"), (4, 2))])
         records = (p | "Hist" >> beam.Create([("u", evs)])
-                   | T.BehaviourSequences(side, "cat", 3, "positive", "time", ctr, items))
+                   | T.BehaviourSequences(side, "cat", 3, "positive", "time", ctr, items, min_stat_events=1))
+        # From 4 events on a key keeps its own clicks: i1 in a (4 events) does, u in a (3) and b (1) get
+        # the prior's clicks 3 * 0.5 and 1 * 0.5, and CTR 0.5.
+        prior_rule = (p | "Hist4" >> beam.Create([("u", evs)])
+                      | "Min4" >> T.BehaviourSequences(side, "cat", 3, "positive", "time", ctr, items,
+                                                       min_stat_events=4))
+        assert_that(prior_rule | beam.Map(lambda r: (r["item_id"], r["item_domain_clicks"], r["user_domain_clicks"],
+                                                     r["user_domain_ctr"])),
+                    equal_to([("i1", 2.0, 1.5, 0.5), ("i2", 0.0, 1.5, 0.5), ("i3", 0.0, 0.5, 0.5),
+                              ("i4", 0.0, 1.5, 0.5), ("i5", 0.0, 1.5, 0.5)]), label="CheckPriorRule")
         assert_that(records | beam.Map(lambda r: (r["item_id"], r["hist_item_id"], r["hist_category"],
                                                   r["hist_len"])),
                     equal_to([("i1", ["", "", ""], ["", "", ""], 0),
@@ -108,13 +115,10 @@ def test_behaviour_sequences_are_strictly_earlier():
                               ("i4", ["i2", "i1", ""], ["c2", "c1", ""], 2),
                               # a train row never sees the eval row i4, however late it comes
                               ("i5", ["i2", "i1", ""], ["c2", "c1", ""], 2)]))
-        # Train records leave their own event out: i1 (a click) sees (4 - 1, 2 - 1) of i1 in a,
-        # (1 + 5 * 0.5) / (3 + 5) = 0.4375, and u's 3 train events in a less itself = 2; i2, i5 see their
-        # item's nothing (the prior 0.5 exactly), i3 is u's only event in b. The eval row i4 sees it all.
-        assert_that(records | beam.Map(lambda r: (r["item_id"], r["item_domain_ctr"], r["user_domain_events"],
-                                                  r["user_domain_clicks"])),
-                    equal_to([("i1", 0.4375, 2.0, 2.0), ("i2", 0.5, 2.0, 2.0), ("i3", 0.5, 0.0, 0.0),
-                              ("i4", 0.5, 3.0, 3.0), ("i5", 0.5, 2.0, 2.0)]), label="CheckStats")
+        # (2 + 5 * 0.5) / (4 + 5) = 0.5 for i1 in a; unseen items get the prior 0.5 exactly.
+        assert_that(records | beam.Map(lambda r: (r["item_id"], r["item_domain_ctr"], r["user_domain_events"])),
+                    equal_to([("i1", 0.5, 3.0), ("i2", 0.5, 3.0), ("i3", 0.5, 1.0), ("i4", 0.5, 3.0),
+                              ("i5", 0.5, 3.0)]), label="CheckStats")
 
 
 def test_vocabularies_threshold_and_order():
