@@ -70,7 +70,9 @@ def smoothed_ctr(clicks: float, n: float, prior: float) -> float:
 
 
 # Keys with fewer training events than this get the prior's clicks and CTR (`domain_stat_values`).
-MIN_STAT_EVENTS = 5
+# 20: on the Taobao head, 5 still let DNN read labels (train AUC 0.726, eval 0.632, logloss 0.356 above
+# the constant CTR's 0.330); with 20: train 0.687, eval 0.644, logloss 0.323.
+MIN_STAT_EVENTS = 20
 
 
 def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: float,
@@ -81,7 +83,7 @@ def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: flo
     Every training record of a key carries the same values, its own label counted in. With few events
     that label *is* the statistic (one event: CTR (y + A p) / (1 + A)), so a key with fewer than
     `min_events` gets the prior's clicks `n * p`, hence CTR `p`; from `min_events` on, a record's own
-    label weighs at most 1 / (min_events + A) in its CTR. (Leaving the record's own event out instead
+    label weighs at most 1 / (min_events + A) in its CTR (1/25 at the default). (Leaving the record's own event out instead
     makes the records of one key differ by their label, which a model that knows the key reads back:
     measured on MovieLens-1M, the ranker fell from 0.795 to 0.761 AUC.)
 

@@ -351,8 +351,8 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
         seed=args.seed, ratios=ratios, eval_start=args.eval_start, test_start=args.test_start,
         eval_fraction=args.eval_fraction, test_fraction=args.test_fraction,
         sequence_length=args.sequence_length, sequence_events=args.sequence_events, min_count=args.min_count,
-        min_stat_events=args.min_stat_events, num_buckets=args.num_buckets, max_domains=max_domains, num_shards=args.num_shards,
-        label_threshold=args.label_threshold, overwrite=args.overwrite)
+        min_stat_events=args.min_stat_events, num_buckets=args.num_buckets, max_domains=max_domains,
+        num_shards=args.num_shards, label_threshold=args.label_threshold, overwrite=args.overwrite)
 
 
 # Taobao: the most frequent item categories become domains, the rest 'other'.

@@ -83,7 +83,7 @@ def test_domain_stat_values_by_hand():
         "user_domain_events": 3.0, "user_domain_clicks": 2.0, "user_domain_ctr": 0.5625}
     # No event: the prior itself.
     assert fs.domain_stat_values(fs.ITEM_DOMAIN_STATS, 0, 0, 0.2)["item_domain_ctr"] == pytest.approx(0.2)
-    # Below min_events (default 5) the clicks are the prior's, n * p = 4 * 0.5 = 2, and the CTR is p:
+    # Below min_events (default 20) the clicks are the prior's, n * p = 4 * 0.5 = 2, and the CTR is p:
     # one event, one click would otherwise give (1 + 2.5) / 6 = 0.583, its own label.
     assert fs.domain_stat_values(fs.USER_DOMAIN_STATS, 4, 4, 0.5) == {
         "user_domain_events": 4.0, "user_domain_clicks": 2.0, "user_domain_ctr": 0.5}
