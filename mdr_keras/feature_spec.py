@@ -83,9 +83,9 @@ def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: flo
     Every training record of a key carries the same values, its own label counted in. With few events
     that label *is* the statistic (one event: CTR (y + A p) / (1 + A)), so a key with fewer than
     `min_events` gets the prior's clicks `n * p`, hence CTR `p`; from `min_events` on, a record's own
-    label weighs at most 1 / (min_events + A) in its CTR (1/25 at the default). (Leaving the record's own event out instead
-    makes the records of one key differ by their label, which a model that knows the key reads back:
-    measured on MovieLens-1M, the ranker fell from 0.795 to 0.761 AUC.)
+    label weighs at most 1 / (min_events + A) in its CTR (1/25 at the default). (Leaving the record's
+    own event out instead makes the records of one key differ by their label, which a model that knows
+    the key reads back: measured on MovieLens-1M, the ranker fell from 0.795 to 0.761 AUC.)
 
     The one formula of the job (records, item corpus) and of the feature store (query time).
     """
@@ -93,6 +93,7 @@ def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: flo
     if n < min_events:
         clicks = n * prior
     return {events: float(n), clicks_name: float(clicks), ctr: smoothed_ctr(clicks, n, prior)}
+
 
 # Split names, in the order the random split's ratios are given.
 SPLITS = ("train", "eval", "test")
