@@ -266,7 +266,7 @@ class RankerModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         for k in cls._LAYERS:
-            config[k] = keras.saving.deserialize_keras_object(config[k]) if config[k] is not None else None
+            config[k] = keras.saving.deserialize_keras_object(config[k])  # None (an absent part) stays None
         if config["balance"] is not None:
             config["balance"] = DomainBalance(**config["balance"])
         return cls(**config)

@@ -91,6 +91,18 @@ PLANTED_SEQUENCE = dict(num_users=2000, num_items=100, num_categories=10, mean_e
                         user_interest=0.0, sequence_windows=((0, 2), (2, 4), (4, 6)), balanced_domains=True, seed=0)
 
 
+def gap_and_sd(model, din, single_runs):
+    """(gap per domain, its sd) of `model` ([2, D], two seeds) over the best of DIN ([2, D]) and
+    `single_runs` (one seed each).
+
+    Run-to-run noise: sigma^2 pooled over the six seed pairs (a pair's difference has variance 2 sigma^2);
+    the gap (a two-seed mean minus a two-seed mean, or minus one run) has sd at most sigma * sqrt(1.5).
+    """
+    sigma = math.sqrt(np.mean(np.concatenate([model[0] - model[1], din[0] - din[1]]) ** 2) / 2)
+    best_baseline = np.maximum.reduce([din.mean(axis=0), *single_runs])
+    return model.mean(axis=0) - best_baseline, sigma * math.sqrt(1.5)
+
+
 @pytest.mark.slow
 def test_ranker_beats_din_and_dnn_in_every_domain_when_domains_pick_the_positions(tmp_path):
     from tests import helpers
@@ -106,12 +118,7 @@ def test_ranker_beats_din_and_dnn_in_every_domain_when_domains_pick_the_position
     ranker = np.stack([auc("ranker", s, chunk_size=2) for s in (0, 1)])
     din = np.stack([auc("din", s) for s in (0, 1)])
     dnn = auc("dnn", 0)
-    # Run-to-run noise: sigma^2 pooled over the six seed pairs (a pair's difference has variance 2 sigma^2);
-    # the gap (a two-seed mean minus a two-seed mean, or minus DNN's one run) has sd at most sigma * sqrt(1.5).
-    sigma = math.sqrt(np.mean(np.concatenate([ranker[0] - ranker[1], din[0] - din[1]]) ** 2) / 2)
-    gap_sd = sigma * math.sqrt(1.5)
-    best_baseline = np.maximum(din.mean(axis=0), dnn)
-    gap = ranker.mean(axis=0) - best_baseline
+    gap, gap_sd = gap_and_sd(ranker, din, [dnn])
     print(f"\nLEARNING ranker AUC per domain {ranker.round(4).tolist()} din {din.round(4).tolist()} "
           f"dnn {dnn.round(4).tolist()} gap {gap.round(4).tolist()} gap sd {gap_sd:.4f}")
     # Measured, seeds 0/1: ranker 0.819-0.820 / 0.792-0.803 / 0.779-0.782, DIN 0.744-0.747 / 0.736-0.743 /
@@ -137,12 +144,7 @@ def test_ads_sequence_module_beats_din_mha_and_dnn_in_every_domain_when_domains_
     ads = np.stack([auc("ranker-no-dsfs", s, chunk_size=2) for s in (0, 1)])
     din = np.stack([auc("din", s) for s in (0, 1)])
     mha, dnn = auc("mha", 0), auc("dnn", 0)
-    # Run-to-run noise: sigma^2 pooled over the six seed pairs (a pair's difference has variance 2 sigma^2);
-    # the gap (a two-seed mean minus a two-seed mean, or minus one run) has sd at most sigma * sqrt(1.5).
-    sigma = math.sqrt(np.mean(np.concatenate([ads[0] - ads[1], din[0] - din[1]]) ** 2) / 2)
-    gap_sd = sigma * math.sqrt(1.5)
-    best_baseline = np.maximum.reduce([din.mean(axis=0), mha, dnn])
-    gap = ads.mean(axis=0) - best_baseline
+    gap, gap_sd = gap_and_sd(ads, din, [mha, dnn])
     print(f"\nLEARNING ADS AUC per domain {ads.round(4).tolist()} din {din.round(4).tolist()} "
           f"mha {mha.round(4).tolist()} dnn {dnn.round(4).tolist()} gap {gap.round(4).tolist()} gap sd {gap_sd:.4f}")
     # Measured, seeds 0/1: ADS 0.802-0.804 / 0.774-0.782 / 0.746-0.749, DIN 0.742-0.746 / 0.731-0.736 /
