@@ -9,13 +9,14 @@ Run it through `mdr preprocess ...`, or as a plain Beam program on any runner:
 Flags this module does not know are Beam's `PipelineOptions`. Without `--runner`, the local
 DirectRunner runs with one worker per core (and no attempt to download the Prism runner).
 
-Output layout:
+Output layout (the names are `mdr_contract.artifacts`'):
     train/ eval/ test/   part-*.tfrecord.gz   gzip TFRecords of tf.train.Example (one interaction each)
     items/               part-*.tfrecord.gz   the item corpus: one record per (item, domain)
+    store/               part-*.tfrecord.gz   the feature store: one record per (user, domain)
     rejected/            rejected-*.jsonl     {"ref": "file:line", "reason": ..., "raw": ...}
     vocab/<feature>.txt                       vocabularies, most frequent first
     feature_spec.json                         the concrete spec models are built from
-    metadata.json                             counts (rows_read = rows_written + rows_rejected)
+    metadata.json                             counts (rows_read = rows_written + rows_rejected), domain priors
     _SUCCESS                                  written last: the output is complete
 """
 from __future__ import annotations
@@ -32,13 +33,12 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import artifacts, files
+from mdr_contract import feature_spec as fs
 from pipeline import sources
 from pipeline import transforms as T
 from pipeline.tfrecords import WriteTFRecords
 
-METADATA_FILENAME = "metadata.json"
-SUCCESS_FILENAME = "_SUCCESS"
 LOCAL_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
                      "--default_sdk_harness_log_level=ERROR"]
 
@@ -147,7 +147,8 @@ class _WriteSpecAndMetadata(beam.DoFn):
         self._source = source
         self._features = features
 
-    def process(self, _, domains, vocabs, boundaries, cutoffs, rows_read, rejected, written, corpus):
+    def process(self, _, domains, vocabs, boundaries, cutoffs, rows_read, rejected, written, corpus, store,
+                domain_ctr):
         out = self._config.output
         features = []
         for f in self._features:
@@ -156,7 +157,7 @@ class _WriteSpecAndMetadata(beam.DoFn):
             else:
                 tokens = vocabs.get(f.name, []) if f.vocab_file else None
             if tokens is not None:
-                fs._write_text(os.path.join(out, f.vocab_file), "".join(t + "\n" for t in tokens))
+                files.write_text(os.path.join(out, f.vocab_file), "".join(t + "\n" for t in tokens))
                 f = dataclasses.replace(f, vocab_size=len(tokens))
             elif f.vocab_from:  # sequence features index into their source feature's vocabulary
                 src = next(g for g in features if g.name == f.vocab_from)
@@ -184,13 +185,16 @@ class _WriteSpecAndMetadata(beam.DoFn):
             "rows_written_per_split_domain": per_split,
             "rows_rejected_per_reason": dict(sorted(rejected.items())),
             "items_per_domain": {d: corpus.get(d, 0) for d in domains},
+            "store_users_per_domain": {d: store.get(d, 0) for d in domains},
             "domains": list(domains),
+            # The training CTR of each domain: the statistics of a key without training events.
+            "domain_priors": {d: domain_ctr.get(d, 0.0) for d in domains},
             "time_cutoffs": cutoffs,
             "vocab_sizes": {f.name: f.vocab_size for f in features if f.vocab_file},
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in dataclasses.asdict(self._config).items()},
         }
-        fs._write_text(os.path.join(out, METADATA_FILENAME), json.dumps(metadata, indent=2) + "\n")
+        files.write_text(os.path.join(out, artifacts.METADATA), json.dumps(metadata, indent=2) + "\n")
         if rows_read != rows_written + rows_rejected:
             # Never a silent drop: a mismatch is a bug of the job, and the output must not be used.
             raise RuntimeError(f"reconciliation failed: rows_read={rows_read} != rows_written={rows_written}"
@@ -214,7 +218,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
     histories, duplicates = events | "UserHistories" >> T.UserHistories()
     events = histories | "UniqueEvents" >> beam.FlatMap(lambda kv: kv[1])
     domain_ctr, item_counts = events | "DomainStatistics" >> T.DomainStatistics()
-    records = histories | "BehaviourSequences" >> T.BehaviourSequences(
+    records, store = histories | "BehaviourSequences" >> T.BehaviourSequences(
         source.side_features, source.category_feature, config.sequence_length, config.sequence_events,
         sequence_order(source), domain_ctr, item_counts, config.min_stat_events)
     corpus = events | "ItemCorpus" >> T.ItemCorpus(
@@ -232,19 +236,20 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
     def write(pcoll, folder, fields, label):
         return (pcoll
                 | f"Encode{label}Examples" >> T.EncodeExamples(fields)
-                | f"Write{label}TFRecords" >> WriteTFRecords(os.path.join(out, folder, "part"), config.num_shards))
+                | f"Write{label}TFRecords" >> WriteTFRecords(artifacts.record_prefix(out, folder), config.num_shards))
 
     per_split = records | "PartitionRecordsBySplit" >> beam.Partition(
         lambda r, n: fs.SPLITS.index(r["split"]), len(fs.SPLITS))
     for split, pcoll in zip(fs.SPLITS, per_split):
         write(pcoll, split, features, split.capitalize())
-    write(corpus, "items", fs.item_corpus_features(features), "ItemCorpus")
+    write(corpus, artifacts.ITEMS, fs.item_corpus_features(features), "ItemCorpus")
+    write(store, artifacts.STORE, fs.store_features(features), "FeatureStore")
 
     rejected = (parse_rejected, duplicates) | "CollectRejectedRows" >> beam.Flatten()
     (rejected
      | "RejectedRowsToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
-     | "WriteRejectedRows" >> beam.io.WriteToText(os.path.join(out, "rejected", "rejected"),
-                                                  file_name_suffix=".jsonl"))
+     | "WriteRejectedRows" >> beam.io.WriteToText(os.path.join(out, artifacts.REJECTED, artifacts.REJECTED_PREFIX),
+                                                  file_name_suffix=artifacts.REJECTED_SUFFIX))
 
     rows_read = lines | "CountRowsRead" >> beam.combiners.Count.Globally()
     rejected_counts = (rejected
@@ -252,6 +257,7 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
                        | "CountRejectedPerReason" >> beam.combiners.Count.PerElement())
     written_counts = records | "CountRecordsPerSplitDomain" >> T.CountPerKey(lambda r: ((r["split"], r["domain"]),))
     corpus_counts = corpus | "CountItemsPerDomain" >> T.CountPerKey(lambda r: (r[fs.DOMAIN],))
+    store_counts = store | "CountStoreUsersPerDomain" >> T.CountPerKey(lambda r: (r[fs.DOMAIN],))
     (p
      | "StartSpecAndMetadata" >> beam.Create([None])
      | "WriteSpecAndMetadata" >> beam.ParDo(
@@ -259,7 +265,8 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
          domains=beam.pvalue.AsSingleton(domains), vocabs=beam.pvalue.AsDict(vocabs),
          boundaries=beam.pvalue.AsDict(boundaries), cutoffs=beam.pvalue.AsSingleton(cutoffs),
          rows_read=beam.pvalue.AsSingleton(rows_read), rejected=beam.pvalue.AsDict(rejected_counts),
-         written=beam.pvalue.AsDict(written_counts), corpus=beam.pvalue.AsDict(corpus_counts)))
+         written=beam.pvalue.AsDict(written_counts), corpus=beam.pvalue.AsDict(corpus_counts),
+         store=beam.pvalue.AsDict(store_counts), domain_ctr=beam.pvalue.AsSingleton(domain_ctr)))
 
 
 def prepare_output(output: str, overwrite: bool) -> None:
@@ -273,14 +280,14 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
 
 def is_complete(output: str) -> bool:
-    return FileSystems.exists(os.path.join(output, SUCCESS_FILENAME))
+    return FileSystems.exists(os.path.join(output, artifacts.SUCCESS))
 
 
 def read_metadata(output: str) -> dict:
     if not is_complete(output):
-        raise FileNotFoundError(f"{output} holds no complete preprocessing output (no {SUCCESS_FILENAME}); "
+        raise FileNotFoundError(f"{output} holds no complete preprocessing output (no {artifacts.SUCCESS}); "
                                 "run `mdr preprocess` to completion first")
-    return json.loads(fs._read_text(os.path.join(output, METADATA_FILENAME)))
+    return json.loads(files.read_text(os.path.join(output, artifacts.METADATA)))
 
 
 def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = None) -> dict:
@@ -299,11 +306,11 @@ def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = No
     start = time.time()
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, config, source)
-    metadata = json.loads(fs._read_text(os.path.join(config.output, METADATA_FILENAME)))
+    metadata = json.loads(files.read_text(os.path.join(config.output, artifacts.METADATA)))
     metadata["wall_seconds"] = round(time.time() - start, 2)
     metadata["rows_per_second"] = round(metadata["rows_read"] / max(metadata["wall_seconds"], 1e-9), 1)
-    fs._write_text(os.path.join(config.output, METADATA_FILENAME), json.dumps(metadata, indent=2) + "\n")
-    fs._write_text(os.path.join(config.output, SUCCESS_FILENAME), "")
+    files.write_text(os.path.join(config.output, artifacts.METADATA), json.dumps(metadata, indent=2) + "\n")
+    files.write_text(os.path.join(config.output, artifacts.SUCCESS), "")
     return metadata
 
 
@@ -369,6 +376,8 @@ def summary(metadata: dict) -> str:
     for reason, n in metadata["rows_rejected_per_reason"].items():
         lines.append(f"  rejected: {reason}: {n:,}")
     lines.append("  items per domain: " + "  ".join(f"{d}={n:,}" for d, n in metadata["items_per_domain"].items()))
+    lines.append("  feature store, users per domain: "
+                 + "  ".join(f"{d}={n:,}" for d, n in metadata["store_users_per_domain"].items()))
     if "wall_seconds" in metadata:
         lines.append(f"  {metadata['wall_seconds']} s, {metadata['rows_per_second']:,.0f} rows/s")
     return "\n".join(lines)

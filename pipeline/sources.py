@@ -20,7 +20,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 
 # Timestamps outside [1970, 2100) are not plausible event times (milliseconds, typos, sentinels).
 MIN_TIMESTAMP = 0

@@ -18,7 +18,8 @@ from apache_beam import coders
 from apache_beam.io import filebasedsink, iobase
 from apache_beam.io.filesystem import CompressionTypes
 
-SUFFIX = ".tfrecord.gz"
+from mdr_contract import artifacts
+
 GZIP_LEVEL = 1
 
 
@@ -41,7 +42,7 @@ class _GzipTFRecordSink(filebasedsink.FileBasedSink):
     """A FileBasedSink whose elements are already framed TFRecord bytes."""
 
     def __init__(self, file_path_prefix: str, num_shards: int, compresslevel: int):
-        super().__init__(file_path_prefix, coder=coders.BytesCoder(), file_name_suffix=SUFFIX,
+        super().__init__(file_path_prefix, coder=coders.BytesCoder(), file_name_suffix=artifacts.RECORD_SUFFIX,
                          num_shards=num_shards, mime_type="application/octet-stream",
                          compression_type=CompressionTypes.UNCOMPRESSED)
         self._level = compresslevel

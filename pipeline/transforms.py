@@ -11,17 +11,18 @@ import hashlib
 import io
 import os
 import zlib
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 from pipeline.sources import InputError, RowError, Source
 
-REJECTED = "rejected"
+REJECTED = "rejected"  # tag of the rejected rows' outputs
+STORE = "store"        # tag of the feature store's output of `BehaviourSequences`
 OTHER_DOMAIN = "other"
 
 
@@ -368,7 +369,8 @@ def item_stat_values(counts, prior, min_events):
 
 
 class _SequencesFn(beam.DoFn):
-    """One user's events -> records with behaviour sequences and user statistics (+ duplicates)."""
+    """One user's events -> records with behaviour sequences and user statistics, and the user's
+    feature-store records (tagged `STORE`)."""
 
     def __init__(self, side_features, category_feature, sequence_length, sequence_events, order,
                  min_stat_events=fs.MIN_STAT_EVENTS):
@@ -376,6 +378,7 @@ class _SequencesFn(beam.DoFn):
             raise ValueError(f"order must be 'time', 'file' or 'none'. Received: order={order!r}")
         self._min_events = min_stat_events
         self._side = [f.name for f in side_features]
+        self._user_features = [f.name for f in side_features if f.role == fs.ROLE_USER]
         self._list_lengths = {f.name: f.length for f in side_features if f.kind == fs.KIND_CATEGORICAL_LIST}
         self._category = category_feature
         self._T = sequence_length
@@ -414,30 +417,48 @@ class _SequencesFn(beam.DoFn):
                         if e["split"] == "train":
                             hist_train.append(entry)
             i = j
+        # The feature store: what the user's next record (after the last event, so seeing every
+        # split) would carry, once per domain the user has events in.
+        latest = unique[-1]
+        for domain in sorted({e["domain"] for e in unique}):
+            store = {fs.USER_ID: latest["user_id"], fs.DOMAIN: domain, fs.TIMESTAMP: latest["timestamp"],
+                     **self._user_side(latest, domain, hist_all, user_counts, domain_ctr)}
+            for name in self._user_features:
+                store[name] = self._side_value(latest, name)
+            yield beam.pvalue.TaggedOutput(STORE, store)
 
-    def _record(self, e, history, user_counts, domain_ctr, item_counts):
+    def _user_side(self, e, domain, history, user_counts, domain_ctr):
+        """The user domain statistics and the behaviour sequence of a record of `e`'s user in `domain`."""
         T = self._T
         recent = list(reversed(history))  # most recent first
         pad = [fs.PAD] * (T - len(recent))
-        domain = e["domain"]
-        prior = domain_ctr.get(domain, 0.0)
         n, clicks = user_counts.get(domain, (0, 0))
-        rec = {
-            fs.USER_ID: e["user_id"], fs.ITEM_ID: e["item_id"], fs.DOMAIN: domain,
-            fs.LABEL: e["label"], fs.TIMESTAMP: e["timestamp"],
-            **fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, prior, self._min_events),
+        return {
+            **fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, domain_ctr.get(domain, 0.0), self._min_events),
             fs.HIST_ITEM_ID: [h[0] for h in recent] + pad,
             fs.HIST_CATEGORY: [h[1] for h in recent] + pad,
             fs.HIST_DOMAIN: [h[2] for h in recent] + pad,
             fs.HIST_LENGTH: len(recent),
+        }
+
+    def _side_value(self, e, name):
+        value = e["features"][name]
+        if name in self._list_lengths:
+            value = list(value) + [fs.PAD] * (self._list_lengths[name] - len(value))
+        return value
+
+    def _record(self, e, history, user_counts, domain_ctr, item_counts):
+        domain = e["domain"]
+        rec = {
+            fs.USER_ID: e["user_id"], fs.ITEM_ID: e["item_id"], fs.DOMAIN: domain,
+            fs.LABEL: e["label"], fs.TIMESTAMP: e["timestamp"],
+            **self._user_side(e, domain, history, user_counts, domain_ctr),
             "split": e["split"],
         }
-        rec.update(item_stat_values(item_counts.get((e["item_id"], domain)), prior, self._min_events))
+        rec.update(item_stat_values(item_counts.get((e["item_id"], domain)), domain_ctr.get(domain, 0.0),
+                                    self._min_events))
         for name in self._side:
-            value = e["features"][name]
-            if name in self._list_lengths:
-                value = list(value) + [fs.PAD] * (self._list_lengths[name] - len(value))
-            rec[name] = value
+            rec[name] = self._side_value(e, name)
         return rec
 
 
@@ -487,7 +508,8 @@ class UserHistories(beam.PTransform):
 
 
 class BehaviourSequences(beam.PTransform):
-    """Records: each event with its user's behaviour sequence and user/item domain statistics.
+    """Records: each event with its user's behaviour sequence and user/item domain statistics; and
+    the feature store: each user's latest features, statistics and sequence, per domain.
 
     The sequence of an event holds the user's `sequence_length` most recent *strictly earlier*
     events (positives only by default), most recent first; records of the train split only see
@@ -495,9 +517,17 @@ class BehaviourSequences(beam.PTransform):
     window's, the same on every record of a key; keys with fewer than `min_stat_events` training
     events get the prior's clicks and CTR (`fs.domain_stat_values`).
 
+    The store holds, for every (user, domain) with an event, the user features of the user's latest
+    event and the statistics and sequence that the user's next record in that domain would carry
+    (after the end of the data, so every split's events are in it): query time reads exactly what
+    the one sequence rule and the one statistics rule give, never a second implementation.
+
     Args:
         order: 'time' (events sharing a timestamp do not see each other), 'file' (no timestamps:
             file position orders the events) or 'none' (no order known: empty sequences).
+
+    Returns:
+        (records, store)
     """
 
     def __init__(self, side_features, category_feature, sequence_length, sequence_events, order,
@@ -509,9 +539,10 @@ class BehaviourSequences(beam.PTransform):
         self._item_counts = item_counts
 
     def expand(self, histories):
-        return histories | "BuildSequencesAndUserStats" >> beam.ParDo(
+        out = histories | "BuildSequencesAndUserStats" >> beam.ParDo(
             self._fn, domain_ctr=beam.pvalue.AsSingleton(self._domain_ctr),
-            item_counts=beam.pvalue.AsDict(self._item_counts))
+            item_counts=beam.pvalue.AsDict(self._item_counts)).with_outputs(STORE, main="records")
+        return out.records, out[STORE]
 
 
 def _token_keys(names, list_names):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from mdr_keras.feature_spec import FeatureSpec
+from mdr_contract.feature_spec import FeatureSpec
 from pipeline import preprocess
 from pipeline.sources import InputError
 from tests import helpers

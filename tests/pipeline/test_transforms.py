@@ -7,7 +7,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 from pipeline import sources
 from pipeline import transforms as T
 from pipeline.tfrecords import WriteTFRecords
@@ -96,13 +96,13 @@ def test_behaviour_sequences_are_strictly_earlier():
     with TestPipeline() as p:
         ctr = p | "Ctr" >> beam.Create([{"a": 0.5, "b": 0.5}])
         items = p | "Items" >> beam.Create([(("i1", "a"), (4, 2))])
-        records = (p | "Hist" >> beam.Create([("u", evs)])
-                   | T.BehaviourSequences(side, "cat", 3, "positive", "time", ctr, items, min_stat_events=1))
+        records, store = (p | "Hist" >> beam.Create([("u", evs)])
+                          | T.BehaviourSequences(side, "cat", 3, "positive", "time", ctr, items, min_stat_events=1))
         # From 4 events on a key keeps its own clicks: i1 in a (4 events) does, u in a (3) and b (1) get
         # the prior's clicks 3 * 0.5 and 1 * 0.5, and CTR 0.5.
-        prior_rule = (p | "Hist4" >> beam.Create([("u", evs)])
-                      | "Min4" >> T.BehaviourSequences(side, "cat", 3, "positive", "time", ctr, items,
-                                                       min_stat_events=4))
+        prior_rule, _ = (p | "Hist4" >> beam.Create([("u", evs)])
+                         | "Min4" >> T.BehaviourSequences(side, "cat", 3, "positive", "time", ctr, items,
+                                                          min_stat_events=4))
         assert_that(prior_rule | beam.Map(lambda r: (r["item_id"], r["item_domain_clicks"], r["user_domain_clicks"],
                                                      r["user_domain_ctr"])),
                     equal_to([("i1", 2.0, 1.5, 0.5), ("i2", 0.0, 1.5, 0.5), ("i3", 0.0, 0.5, 0.5),
@@ -119,6 +119,15 @@ def test_behaviour_sequences_are_strictly_earlier():
         assert_that(records | beam.Map(lambda r: (r["item_id"], r["item_domain_ctr"], r["user_domain_events"])),
                     equal_to([("i1", 0.5, 3.0), ("i2", 0.5, 3.0), ("i3", 0.5, 1.0), ("i4", 0.5, 3.0),
                               ("i5", 0.5, 3.0)]), label="CheckStats")
+        # The store: per domain of the user, what the next record (after ts 40, seeing every split) carries:
+        # clicks i1, i2 (ts 10, file order), i4 (eval), i5, most recent first, cut to 3; u in a has 3 train
+        # events (3 clicks), in b 1 (no click); latest timestamp 40.
+        assert_that(store | beam.Map(lambda r: (r["domain"], r["hist_item_id"], r["hist_category"], r["hist_domain"],
+                                                r["hist_len"], r["user_domain_events"], r["user_domain_clicks"],
+                                                r["timestamp"], r["user_id"])),
+                    equal_to([("a", ["i5", "i4", "i2"], ["c1", "c2", "c2"], ["a", "a", "a"], 3, 3.0, 3.0, 40, "u"),
+                              ("b", ["i5", "i4", "i2"], ["c1", "c2", "c2"], ["a", "a", "a"], 3, 1.0, 0.0, 40, "u")]),
+                    label="CheckStore")
 
 
 def test_vocabularies_threshold_and_order():

@@ -1,7 +1,7 @@
 """The feature spec: record layout, JSON round trip, index conventions, parse spec."""
 import pytest
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 
 SIDE = (fs.SideFeature("age", fs.ROLE_USER, fs.KIND_CATEGORICAL),
         fs.SideFeature("price", fs.ROLE_ITEM, fs.KIND_NUMERIC),

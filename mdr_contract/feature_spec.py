@@ -1,8 +1,9 @@
 """The feature spec: names, types and roles of every feature.
 
-One module shared by `pipeline/` (which writes the records and the concrete spec) and `mdr_keras/`
-(which builds models from that spec), so the two can never disagree on a name, a dtype, a vocabulary
-or a bucket boundary.
+One module shared by `pipeline/` (which writes the records and the concrete spec), `mdr_keras/`
+(which builds models from that spec) and `serving/` (which exports and serves them), so they can
+never disagree on a name, a dtype, a vocabulary or a bucket boundary. Reading it needs neither Beam
+nor TensorFlow.
 
 Record layout (one `tf.train.Example` per interaction) holds *raw* values: strings for categorical
 features, floats for numeric ones. Vocabulary lookup and bucketization happen inside the model from
@@ -22,7 +23,9 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-SPEC_FILENAME = "feature_spec.json"
+from mdr_contract import artifacts, files
+from mdr_contract.artifacts import SPLITS  # noqa: F401  (fs.SPLITS: the split names records carry)
+
 SPEC_VERSION = 1
 
 # Roles.
@@ -93,10 +96,6 @@ def domain_stat_values(names: Sequence[str], n: float, clicks: float, prior: flo
     if n < min_events:
         clicks = n * prior
     return {events: float(n), clicks_name: float(clicks), ctr: smoothed_ctr(clicks, n, prior)}
-
-
-# Split names, in the order the random split's ratios are given.
-SPLITS = ("train", "eval", "test")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,18 +267,18 @@ class FeatureSpec:
                    source=obj.get("source", ""), has_timestamp=obj.get("has_timestamp", True), path=path)
 
     def save(self, folder: str) -> str:
-        """Writes `feature_spec.json` into `folder` (any Beam/TF filesystem path); returns its path."""
-        path = os.path.join(folder, SPEC_FILENAME)
-        _write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+        """Writes `feature_spec.json` into `folder` (local, or any `tf.io.gfile` path); returns its path."""
+        path = os.path.join(folder, artifacts.FEATURE_SPEC)
+        files.write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str) -> "FeatureSpec":
         """Loads a spec from its file or from the folder holding `feature_spec.json`."""
         if not path.endswith(".json"):
-            path = os.path.join(path, SPEC_FILENAME)
+            path = os.path.join(path, artifacts.FEATURE_SPEC)
         try:
-            text = _read_text(path)
+            text = files.read_text(path)
         except (OSError, IOError) as e:
             raise FileNotFoundError(f"No feature spec at {path!r}: run `mdr preprocess` first ({e})") from e
         return cls.from_json(json.loads(text), path=os.path.dirname(path))
@@ -328,22 +327,7 @@ def bucket_index(value: float, boundaries: Sequence[float]) -> int:
 
 
 def read_vocabulary(path: str) -> List[str]:
-    return [line for line in _read_text(path).split("\n") if line != ""]
-
-
-def _read_text(path: str) -> str:
-    # Beam's FileSystems reads local, gs://, hdfs:// ... alike; import lazily so the spec stays light.
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type="uncompressed") as f:
-        return f.read().decode("utf-8")
-
-
-def _write_text(path: str, text: str) -> None:
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.create(path) as f:
-        f.write(text.encode("utf-8"))
+    return [line for line in files.read_text(path).split("\n") if line != ""]
 
 
 def record_features(side_features: Sequence[SideFeature], category_feature: Optional[str],
@@ -354,7 +338,7 @@ def record_features(side_features: Sequence[SideFeature], category_feature: Opti
     vocabulary is the domain list (no OOV: unknown domains never reach a record).
     """
     def categorical(name, role, kind=KIND_CATEGORICAL, length=1):
-        return Feature(name, role, kind, length=length, vocab_file=f"vocab/{name}.txt", num_oov_buckets=1)
+        return Feature(name, role, kind, length=length, vocab_file=artifacts.vocab_file(name), num_oov_buckets=1)
 
     def side(role):
         out = []
@@ -370,7 +354,7 @@ def record_features(side_features: Sequence[SideFeature], category_feature: Opti
     T = sequence_length
     features = [categorical(USER_ID, ROLE_USER)] + side(ROLE_USER)
     features += [categorical(ITEM_ID, ROLE_ITEM)] + side(ROLE_ITEM)
-    features.append(Feature(DOMAIN, ROLE_DOMAIN, KIND_CATEGORICAL, vocab_file=f"vocab/{DOMAIN}.txt"))
+    features.append(Feature(DOMAIN, ROLE_DOMAIN, KIND_CATEGORICAL, vocab_file=artifacts.vocab_file(DOMAIN)))
     features += [Feature(n, ROLE_USER_DOMAIN_STAT, KIND_NUMERIC) for n in USER_DOMAIN_STATS]
     features += [Feature(n, ROLE_ITEM_DOMAIN_STAT, KIND_NUMERIC) for n in ITEM_DOMAIN_STATS]
     features.append(Feature(HIST_ITEM_ID, ROLE_SEQUENCE, KIND_CATEGORICAL, length=T, vocab_from=ITEM_ID))
@@ -387,3 +371,10 @@ def record_features(side_features: Sequence[SideFeature], category_feature: Opti
 def item_corpus_features(features: Sequence[Feature]) -> List[Feature]:
     """The features of an item-corpus record: the item's own, its domain and its domain statistics."""
     return [f for f in features if f.role in (ROLE_ITEM, ROLE_DOMAIN, ROLE_ITEM_DOMAIN_STAT)]
+
+
+def store_features(features: Sequence[Feature]) -> List[Feature]:
+    """The features of a feature-store record: a user's own, the domain, the user's domain statistics,
+    the behaviour sequence and the time of the user's latest event."""
+    return [f for f in features if f.role in (ROLE_USER, ROLE_DOMAIN, ROLE_USER_DOMAIN_STAT, ROLE_SEQUENCE,
+                                              ROLE_TIMESTAMP)]
