@@ -6,17 +6,16 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from mdr_keras import feature_spec as fs
-
-ITEMS = "items"
+from mdr_contract import artifacts
+from mdr_contract import feature_spec as fs
 
 
 def record_files(data_dir: str, split: str) -> list:
-    """The TFRecord shards of a split (`train`, `eval`, `test` or `items`) of a finished job."""
-    if not tf.io.gfile.exists(os.path.join(data_dir, "_SUCCESS")):
-        raise FileNotFoundError(f"{data_dir} holds no complete preprocessing output (no _SUCCESS); "
+    """The TFRecord shards of a split (`train`, `eval`, `test` or `artifacts.ITEMS`) of a finished job."""
+    if not tf.io.gfile.exists(os.path.join(data_dir, artifacts.SUCCESS)):
+        raise FileNotFoundError(f"{data_dir} holds no complete preprocessing output (no {artifacts.SUCCESS}); "
                                 "run `mdr preprocess` to completion first")
-    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))
+    files = sorted(tf.io.gfile.glob(artifacts.record_pattern(data_dir, split)))
     if not files:
         raise FileNotFoundError(f"no {split} records in {data_dir}")
     return files
@@ -45,7 +44,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.F
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     files = record_files(data_dir, split)
     spec = spec or fs.FeatureSpec.load(data_dir)
-    if names is None and split == ITEMS:
+    if names is None and split == artifacts.ITEMS:
         names = [f.name for f in fs.item_corpus_features(spec.features)]
     parse_spec = spec.tf_parse_spec(names)
     ds = tf.data.Dataset.from_tensor_slices(files)

@@ -1,7 +1,7 @@
 """Training and evaluation of every mdr model: `mdr train` and `mdr evaluate`.
 
 A model folder (`--model-dir`) holds everything needed to rebuild, evaluate and export a model
-without the data folder:
+without the data folder (the names are `mdr_contract.artifacts`'):
 
     train_config.json   the TrainConfig (model name, its model config, training knobs)
     feature_spec.json   the spec of the data it was trained on, with vocab/ (copied)
@@ -29,13 +29,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras import data
-from mdr_keras import feature_spec as fs
+from mdr_contract import artifacts
+from mdr_contract import feature_spec as fs
+from mdr_keras import data, evaluation
 from mdr_keras.models import retrieval
 
-CONFIG_FILENAME = "train_config.json"
-METRICS_FILENAME = "metrics.json"
-WEIGHTS = os.path.join("weights", "model")
 RANKER_TASK = "ranking"
 RETRIEVAL_TASK = "retrieval"
 
@@ -171,8 +169,8 @@ def _example_batch(spec: fs.FeatureSpec) -> Dict[str, tf.Tensor]:
 
 
 def split_rows(data_dir: str, split: str) -> int:
-    """Rows the preprocessing job wrote to `split` (from its metadata.json)."""
-    with tf.io.gfile.GFile(os.path.join(data_dir, "metadata.json")) as f:
+    """Rows the preprocessing job wrote to `split` (from its `artifacts.METADATA`)."""
+    with tf.io.gfile.GFile(os.path.join(data_dir, artifacts.METADATA)) as f:
         return int(json.load(f)["rows_written_per_split"].get(split, 0))
 
 
@@ -218,7 +216,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
     keras.utils.set_random_seed(config.seed)
     tf.io.gfile.makedirs(model_dir)
     _copy_spec(spec, model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILENAME), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_CONFIG), "w") as f:
         f.write(json.dumps(config.to_json(), indent=2) + "\n")
 
     train_ds = data.make_dataset(data_dir, "train", global_batch, spec=spec, shuffle=True, seed=config.seed,
@@ -269,10 +267,10 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
 
     monitor, mode = ("val_loss", "min") if config.task == RETRIEVAL_TASK else ("val_auc", "max")
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(model_dir, "backup")),
-        keras.callbacks.TensorBoard(os.path.join(model_dir, "logs"), update_freq="epoch"),
+        keras.callbacks.BackupAndRestore(os.path.join(model_dir, artifacts.BACKUP_DIR)),
+        keras.callbacks.TensorBoard(os.path.join(model_dir, artifacts.LOGS_DIR), update_freq="epoch"),
         _EpochTimer(),
-        keras.callbacks.CSVLogger(os.path.join(model_dir, "history.csv"), append=True),
+        keras.callbacks.CSVLogger(os.path.join(model_dir, artifacts.HISTORY), append=True),
     ]
     if config.task == RETRIEVAL_TASK:
         callbacks.insert(0, retrieval.SelfTrainingSchedule())
@@ -291,31 +289,32 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
     seconds = time.perf_counter() - start
     # Finished: a rerun must train anew, not resume (BackupAndRestore leaves the folder behind on
     # multi-replica strategies).
-    backup = os.path.join(model_dir, "backup")
+    backup = os.path.join(model_dir, artifacts.BACKUP_DIR)
     if tf.io.gfile.exists(backup):
         tf.io.gfile.rmtree(backup)
-    model.save_weights(os.path.join(model_dir, WEIGHTS))
+    model.save_weights(os.path.join(model_dir, artifacts.WEIGHTS))
     summary = {"model": config.model, "task": config.task, "parameters": params, "replicas": replicas,
                "global_batch": global_batch, "epochs_run": len(history.epoch), "train_seconds": round(seconds, 2),
                "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
-    with tf.io.gfile.GFile(os.path.join(model_dir, "train_summary.json"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_SUMMARY), "w") as f:
         f.write(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
 def load_model(model_dir: str):
     """(model, spec, config) of a trained model folder, with its final weights, in a fresh process."""
-    path = os.path.join(model_dir, CONFIG_FILENAME)
+    path = os.path.join(model_dir, artifacts.TRAIN_CONFIG)
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{model_dir} holds no trained model (no {CONFIG_FILENAME}); run `mdr train` first")
+        raise FileNotFoundError(f"{model_dir} holds no trained model (no {artifacts.TRAIN_CONFIG}); "
+                                "run `mdr train` first")
     with tf.io.gfile.GFile(path) as f:
         config = TrainConfig(**json.load(f))
-    if not tf.io.gfile.exists(os.path.join(model_dir, WEIGHTS + ".index")):
+    if not tf.io.gfile.exists(os.path.join(model_dir, artifacts.WEIGHTS + ".index")):
         raise FileNotFoundError(f"{model_dir} holds no final weights; its training did not finish")
     spec = fs.FeatureSpec.load(model_dir)
     model = build_model(spec, config)
     model(_example_batch(spec))
-    model.load_weights(os.path.join(model_dir, WEIGHTS)).expect_partial()
+    model.load_weights(os.path.join(model_dir, artifacts.WEIGHTS)).expect_partial()
     return model, spec, config
 
 
@@ -324,17 +323,17 @@ def evaluate(model_dir: str, data_dir: str, split: str = "eval", ks=(10, 50), sa
     """Per-domain and overall metrics of a trained model on `split`; writes `model_dir/metrics.json`.
 
     Retrieval: Recall@K over each domain's full corpus and over sampled candidates
-    (`retrieval.evaluate_recall`). Ranking: AUC and logloss (`ranker.evaluate_ranker`).
+    (`evaluation.evaluate_recall`). Ranking: AUC and logloss (`evaluation.evaluate_ranker`).
     """
     model, spec, config = load_model(model_dir)
     if config.task == RETRIEVAL_TASK:
-        metrics = retrieval.evaluate_recall(model, data_dir, split, ks=ks, sampled_negatives=sampled_negatives,
-                                            seed=config.seed)
+        metrics = evaluation.evaluate_recall(model, data_dir, split, ks=ks, sampled_negatives=sampled_negatives,
+                                             seed=config.seed)
     else:
-        metrics = _ranker().evaluate_ranker(model, data_dir, split)
+        metrics = evaluation.evaluate_ranker(model, data_dir, split)
     metrics = {"model": config.model, "task": config.task, "split": split, "data": data_dir, **metrics}
     if write:
-        with tf.io.gfile.GFile(os.path.join(model_dir, METRICS_FILENAME), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.METRICS), "w") as f:
             f.write(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -355,7 +354,7 @@ def format_metrics(metrics: Dict[str, Any], baseline: Optional[Dict[str, Any]] =
         line = [name, f"{r.get(count, 0):,}"] + [f"{r[c]:.4f}" for c in columns]
         if baseline is not None and "auc" in r and name in ({**baseline["per_domain"], "overall": 0}):
             base = baseline["overall"] if name == "overall" else baseline["per_domain"][name]
-            line.append(f"{_ranker().auc_improvement(r['auc'], base['auc']):+.2%}")
+            line.append(f"{evaluation.auc_improvement(r['auc'], base['auc']):+.2%}")
         lines.append(line)
     if baseline is not None and metrics["task"] == RANKER_TASK:
         header.append(f"AUC Imp. vs {baseline['model']}")

@@ -2,27 +2,18 @@
 domain-specific forward network (ADI eq. 8-18, 20-26)."""
 from __future__ import annotations
 
-import numbers
-
 import tensorflow as tf
 import tf_keras as keras
 
 from mdr_keras.layers.domain_attention import DomainInterestAdaptation
 from mdr_keras.layers.domain_batch_norm import DomainBatchNormalization
-from mdr_keras.layers.domains import domain_indices, is_int as _is_int, per_domain as _per_domain
+from mdr_keras.layers.plumbing import (BACKBONE_INPUTS, Kernels, check_activation, check_bool, check_choice,
+                                       check_int, check_real, check_units, domain_indices, input_list, input_shapes,
+                                       kernel_config, last_dim, per_domain_dense)
 
-FUSIONS = ("concat", "sum", "star")
+NETWORK_FUSIONS = ("concat", "sum", "star")  # how the fusion layer combines E_spec and E_shared (eq. 11-17)
 ATTENTIONS = (None, "linear", "attention", "se")
 PLACEMENTS = ("per_network", "global", "per_expert")
-
-
-def _units_list(name, value, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, (list, tuple)) and value and all(_is_int(u) and u > 0 for u in value):
-        return [int(u) for u in value]
-    raise ValueError(f"`{name}` must be a non-empty list of positive ints"
-                     f"{' or None' if allow_none else ''}. Received: {name}={value!r}")
 
 
 @keras.utils.register_keras_serializable(package="mdr")
@@ -145,68 +136,37 @@ class ADIBackbone(keras.layers.Layer):
                  num_fields=None, attention_reduction=4, dsbn=True, bn_momentum=0.99, bn_epsilon=1e-3,
                  activation="relu", kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        if not _is_int(num_domains) or num_domains < 1:
-            raise ValueError(f"`num_domains` must be an int >= 1. Received: num_domains={num_domains!r}")
-        if not _is_int(num_shared) or num_shared < 1:
-            raise ValueError(f"`num_shared` must be an int >= 1. Received: num_shared={num_shared!r}")
-        shared_units = _units_list("shared_units", shared_units)
-        specific_units = _units_list("specific_units", specific_units, allow_none=True)
-        forward_units = _units_list("forward_units", forward_units)
-        if fusion not in FUSIONS:
-            raise ValueError(f"`fusion` must be one of {FUSIONS}. Received: fusion={fusion!r}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"`attention` must be one of {ATTENTIONS}. Received: attention={attention!r}")
-        if attention_placement not in PLACEMENTS:
-            raise ValueError(f"`attention_placement` must be one of {PLACEMENTS}. "
-                             f"Received: attention_placement={attention_placement!r}")
-        if num_fields is not None and (not _is_int(num_fields) or num_fields < 1):
-            raise ValueError(f"`num_fields` must be None or an int >= 1. Received: num_fields={num_fields!r}")
-        if not _is_int(attention_reduction) or attention_reduction < 1:
-            raise ValueError("`attention_reduction` must be an int >= 1. "
-                             f"Received: attention_reduction={attention_reduction!r}")
-        if not isinstance(dsbn, bool):
-            raise ValueError(f"`dsbn` must be a bool. Received: dsbn={dsbn!r}")
-        if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, numbers.Real) \
-                or not 0.0 <= bn_momentum <= 1.0:
-            raise ValueError(f"`bn_momentum` must be in [0, 1]. Received: bn_momentum={bn_momentum!r}")
-        if isinstance(bn_epsilon, bool) or not isinstance(bn_epsilon, numbers.Real) or not bn_epsilon > 0.0:
-            raise ValueError(f"`bn_epsilon` must be > 0. Received: bn_epsilon={bn_epsilon!r}")
-        spec = shared_units if specific_units is None else specific_units
+        self.num_domains = check_int("num_domains", num_domains)
+        self.num_shared = check_int("num_shared", num_shared)
+        self.shared_units = check_units("shared_units", shared_units)
+        self.specific_units = check_units("specific_units", specific_units, none_ok=True)
+        self.forward_units = check_units("forward_units", forward_units)
+        self.fusion = check_choice("fusion", fusion, NETWORK_FUSIONS)
+        self.attention = check_choice("attention", attention, ATTENTIONS)
+        self.attention_placement = check_choice("attention_placement", attention_placement, PLACEMENTS)
+        self.num_fields = check_int("num_fields", num_fields, none_ok=True)
+        self.attention_reduction = check_int("attention_reduction", attention_reduction)
+        self.dsbn = check_bool("dsbn", dsbn)
+        self.bn_momentum = check_real("bn_momentum", bn_momentum, 0, 1)
+        self.bn_epsilon = check_real("bn_epsilon", bn_epsilon, 0, low_open=True)
+        self.activation = check_activation("activation", activation)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        spec = self._spec_units = self.shared_units if self.specific_units is None else self.specific_units
         if fusion == "star":
             if num_shared != 1:
                 raise ValueError("`fusion='star'` (Network-Mul) has a single shared network: `num_shared` must "
                                  f"be 1. Received: num_shared={num_shared!r}")
-            if spec != shared_units:
+            if spec != self.shared_units:
                 raise ValueError("`fusion='star'` uses one network of widths `shared_units`: `specific_units` "
                                  f"must be None or equal to them. Received: specific_units={specific_units!r}")
             if attention is not None and attention_placement == "per_expert":
                 raise ValueError("`fusion='star'` has no separate expert networks for `per_expert` (4-SE) "
                                  f"adaptation. Received: attention_placement={attention_placement!r}")
-        elif spec[-1] != shared_units[-1]:
+        elif spec[-1] != self.shared_units[-1]:
             raise ValueError(f"`fusion={fusion!r}` combines E_spec and E_shared element-wise: the last widths of "
                              "`specific_units` and `shared_units` must be equal. "
                              f"Received: shared_units={shared_units!r}, specific_units={specific_units!r}")
-        try:
-            self.activation = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Unknown `activation`. Received: activation={activation!r}") from error
-
-        self.num_domains = int(num_domains)
-        self.num_shared = int(num_shared)
-        self.shared_units = shared_units
-        self.specific_units = specific_units
-        self.forward_units = forward_units
-        self.fusion = fusion
-        self.attention = attention
-        self.attention_placement = attention_placement
-        self.num_fields = None if num_fields is None else int(num_fields)
-        self.attention_reduction = int(attention_reduction)
-        self.dsbn = dsbn
-        self.bn_momentum = float(bn_momentum)
-        self.bn_epsilon = float(bn_epsilon)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self._spec_units = spec
 
         # Adaptation layers (DIAL), keyed as in `domain_attention_weights`.
         def dial(key, shared):
@@ -239,46 +199,16 @@ class ADIBackbone(keras.layers.Layer):
         self._forward_bns = [bn(f"forward_bn_{i}") for i in range(len(forward_units) - 1)]
 
     # ------------------------------------------------------------------ build
-    @staticmethod
-    def _split_shapes(input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
-            raise ValueError("ADIBackbone expects inputs [x, domain, domain_embedding]. "
-                             f"Received: input_shape={input_shape}")
-        return [tf.TensorShape(s) for s in input_shape]
-
-    def _fresh_initializer(self):
-        """A new copy of `kernel_initializer` for every weight (seed + 1000 * n when seeded): a Keras
-        initialiser instance returns the same values on every call, which would start weights of the same
-        shape (e.g. the layers of an MLP) from identical values."""
-        init = self.kernel_initializer
-        self._initializer_calls = getattr(self, "_initializer_calls", 0) + 1
-        if not isinstance(init, keras.initializers.Initializer):
-            return init
-        config = init.get_config()
-        if config.get("seed") is not None:
-            config["seed"] = config["seed"] + 1000 * self._initializer_calls
-        return type(init).from_config(config)
-
-    def _kernel(self, name, shape, per_slice=True, initializer=None):
-        """A kernel; `per_slice`: a stack over domains / experts, each slice `shape[1:]` initialised on its own."""
-        init = initializer if initializer is not None else self._fresh_initializer()
-        if per_slice:
-            init = _per_domain(init)
-        return self.add_weight(name=name, shape=shape, initializer=init, regularizer=self.kernel_regularizer)
-
-    def _bias(self, name, shape, initializer="zeros"):
-        return self.add_weight(name=name, shape=shape, initializer=initializer)
+    def _bias(self, name, shape):
+        return self.add_weight(name=name, shape=shape, initializer="zeros")
 
     def build(self, input_shape):
-        x_shape, domain_shape, emb_shape = self._split_shapes(input_shape)
-        if x_shape.rank != 2 or x_shape[-1] is None:
-            raise ValueError(f"`x` must be [batch, features] with known features. Received: x.shape={x_shape}")
+        x_shape, domain_shape, emb_shape = input_shapes(self, input_shape, BACKBONE_INPUTS)
+        features = last_dim("x", x_shape, "[batch, features]")
         if domain_shape.rank not in (1, 2) or (domain_shape.rank == 2 and domain_shape[-1] not in (1, None)):
             raise ValueError(f"`domain` must be [batch] or [batch, 1]. Received: domain.shape={domain_shape}")
-        if emb_shape.rank != 2 or emb_shape[-1] is None:
-            raise ValueError("`domain_embedding` must be [batch, e_d] with known e_d. "
-                             f"Received: domain_embedding.shape={emb_shape}")
-        features, emb_dim = int(x_shape[-1]), int(emb_shape[-1])
+        emb_dim = last_dim("domain_embedding", emb_shape, "[batch, e_d]")
+        kernel = Kernels(self, self.kernel_initializer, self.kernel_regularizer)
         if self.num_fields is not None and features % self.num_fields:
             raise ValueError(f"`num_fields` must divide the features of x ({features}). "
                              f"Received: num_fields={self.num_fields}")
@@ -297,45 +227,45 @@ class ADIBackbone(keras.layers.Layer):
             self.star_specific_kernels, self.star_specific_biases = [], []
             fan_in = features
             for i, units in enumerate(self.shared_units):
-                self.star_shared_kernels.append(self._kernel(f"star_shared_kernel_{i}", (fan_in, units),
-                                                             per_slice=False))
+                self.star_shared_kernels.append(kernel(f"star_shared_kernel_{i}", (fan_in, units)))
                 self.star_shared_biases.append(self._bias(f"star_shared_bias_{i}", (units,)))
-                self.star_specific_kernels.append(self._kernel(f"star_specific_kernel_{i}", (D, fan_in, units),
-                                                               per_slice=False, initializer="ones"))
+                self.star_specific_kernels.append(self.add_weight(  # factors of the shared kernel, from ones
+                    name=f"star_specific_kernel_{i}", shape=(D, fan_in, units), initializer="ones",
+                    regularizer=self.kernel_regularizer))
                 self.star_specific_biases.append(self._bias(f"star_specific_bias_{i}", (D, units)))
                 bn_build(self._star_bns[i], units)
                 fan_in = units
             fusion_dim = fan_in
         else:
-            self.gate_kernel = self._kernel("gate_kernel", (emb_dim, K), per_slice=False)
+            self.gate_kernel = kernel("gate_kernel", (emb_dim, K))
             self.gate_bias = self._bias("gate_bias", (K,))
             self.shared_kernels, self.shared_biases = [], []
             fan_in = features
             for i, units in enumerate(self.shared_units):
-                self.shared_kernels.append(self._kernel(f"shared_kernel_{i}", (K, fan_in, units)))
+                self.shared_kernels.append(kernel(f"shared_kernel_{i}", (K, fan_in, units), stacked_axes=1))
                 self.shared_biases.append(self._bias(f"shared_bias_{i}", (K, units)))
                 bn_build(self._shared_bns[i], K * units)
                 fan_in = units
             self.specific_kernels, self.specific_biases = [], []
             fan_in = features
             for i, units in enumerate(self._spec_units):
-                self.specific_kernels.append(self._kernel(f"specific_kernel_{i}", (D, fan_in, units)))
+                self.specific_kernels.append(kernel(f"specific_kernel_{i}", (D, fan_in, units), stacked_axes=1))
                 self.specific_biases.append(self._bias(f"specific_bias_{i}", (D, units)))
                 bn_build(self._specific_bns[i], units)
                 fan_in = units
             h = fan_in
             if self.fusion == "concat":
-                self.fusion_spec_kernel = self._kernel("fusion_spec_kernel", (D, emb_dim))
-                self.fusion_shared_kernel = self._kernel("fusion_shared_kernel", (D, emb_dim))
+                self.fusion_spec_kernel = kernel("fusion_spec_kernel", (D, emb_dim), stacked_axes=1)
+                self.fusion_shared_kernel = kernel("fusion_shared_kernel", (D, emb_dim), stacked_axes=1)
                 fusion_dim = 3 * h
             else:
-                self.fusion_gate_kernel = self._kernel("fusion_gate_kernel", (D, emb_dim))
+                self.fusion_gate_kernel = kernel("fusion_gate_kernel", (D, emb_dim), stacked_axes=1)
                 self.fusion_gate_bias = self._bias("fusion_gate_bias", (1,))
                 fusion_dim = h
         self.forward_kernels, self.forward_biases = [], []
         fan_in = fusion_dim
         for i, units in enumerate(self.forward_units):
-            self.forward_kernels.append(self._kernel(f"forward_kernel_{i}", (D, fan_in, units)))
+            self.forward_kernels.append(kernel(f"forward_kernel_{i}", (D, fan_in, units), stacked_axes=1))
             self.forward_biases.append(self._bias(f"forward_bias_{i}", (D, units)))
             if i < len(self.forward_units) - 1:
                 bn_build(self._forward_bns[i], units)
@@ -343,23 +273,11 @@ class ADIBackbone(keras.layers.Layer):
         super().build(input_shape)
 
     # ------------------------------------------------------------------ helpers
-    def _domain_index(self, domain):
-        return domain_indices(domain, self.num_domains)
-
     def _split_inputs(self, inputs):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != 3:
-            raise ValueError("ADIBackbone expects inputs [x, domain, domain_embedding]. "
-                             f"Received: inputs={inputs!r}")
-        x, domain, emb = inputs
+        x, domain, emb = input_list(self, inputs, BACKBONE_INPUTS)
         x = tf.cast(tf.convert_to_tensor(x), self.compute_dtype)
         emb = tf.cast(tf.convert_to_tensor(emb), self.compute_dtype)
-        return x, self._domain_index(domain), emb
-
-    @staticmethod
-    def _per_domain_dense(h, kernel, bias, index):
-        """Row b through domain index[b]'s FC: all D at once ([B, D, out]), then each row's own slice."""
-        out = tf.einsum("bi,dio->bdo", h, kernel) + bias
-        return tf.gather(out, index, axis=1, batch_dims=1)
+        return x, domain_indices(domain, self.num_domains), emb
 
     def _hidden(self, z, bn, index, training):
         if bn is not None:
@@ -401,7 +319,7 @@ class ADIBackbone(keras.layers.Layer):
         """Eq. 10: E_spec = MLP_spec^(d)(x) for each row's domain d."""
         h = x_spec
         for i in range(len(self._spec_units)):
-            z = self._per_domain_dense(h, self.specific_kernels[i], self.specific_biases[i], index)
+            z = per_domain_dense(h, self.specific_kernels[i], self.specific_biases[i], index)
             h = self._hidden(z, self._specific_bns[i], index, training)
         return h
 
@@ -410,7 +328,7 @@ class ADIBackbone(keras.layers.Layer):
         h = x
         for i in range(len(self.shared_units)):
             kernel = self.star_shared_kernels[i][None] * self.star_specific_kernels[i]  # [D, in, out]
-            z = self._per_domain_dense(h, kernel, self.star_specific_biases[i], index) + self.star_shared_biases[i]
+            z = per_domain_dense(h, kernel, self.star_specific_biases[i], index) + self.star_shared_biases[i]
             h = self._hidden(z, self._star_bns[i], index, training)
         return h
 
@@ -447,7 +365,7 @@ class ADIBackbone(keras.layers.Layer):
         h = fused  # eq. 18: domain-specific forward network, last layer linear
         last = len(self.forward_units) - 1
         for i in range(len(self.forward_units)):
-            h = self._per_domain_dense(h, self.forward_kernels[i], self.forward_biases[i], index)
+            h = per_domain_dense(h, self.forward_kernels[i], self.forward_biases[i], index)
             if i < last:
                 h = self._hidden(h, self._forward_bns[i], index, training)
         return h
@@ -463,12 +381,12 @@ class ADIBackbone(keras.layers.Layer):
             raise ValueError("Call the layer on [x, domain, domain_embedding] before `domain_attention_weights`. "
                              "Received: an unbuilt layer")
         x = tf.cast(tf.convert_to_tensor(inputs[0]), self.compute_dtype)
-        index = self._domain_index(inputs[1])
+        index = domain_indices(inputs[1], self.num_domains)
         # through `__call__` (return_attention=True), which auto-casts the variables under mixed precision
         return {key: dial([x, index], return_attention=True)[1] for key, dial in self._dials.items()}
 
     def compute_output_shape(self, input_shape):
-        x_shape = self._split_shapes(input_shape)[0]
+        x_shape = input_shapes(self, input_shape, BACKBONE_INPUTS)[0]
         return tf.TensorShape([x_shape[0], self.forward_units[-1]])
 
     def get_config(self):
@@ -488,8 +406,6 @@ class ADIBackbone(keras.layers.Layer):
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "activation": keras.activations.serialize(self.activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
-            if self.kernel_regularizer is not None else None,
+            **kernel_config(self),
         })
         return config

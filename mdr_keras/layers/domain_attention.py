@@ -4,8 +4,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domains import is_int as _is_int
-from mdr_keras.layers.domains import per_domain as _per_domain
+from mdr_keras.layers.plumbing import Kernels, check_bool, check_choice, check_int, kernel_config, one_or_two
 
 MODES = ("linear", "attention", "se")
 
@@ -76,37 +75,17 @@ class DomainInterestAdaptation(keras.layers.Layer):
     def __init__(self, num_domains, mode="se", num_fields=None, reduction=4, shared_across_domains=False,
                  kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        if not _is_int(num_domains) or num_domains < 1:
-            raise ValueError(f"`num_domains` must be a positive int. Received: num_domains={num_domains!r}")
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
-        if num_fields is not None and (not _is_int(num_fields) or num_fields < 1):
-            raise ValueError(f"`num_fields` must be None or a positive int. Received: num_fields={num_fields!r}")
-        if not _is_int(reduction) or reduction < 1:
-            raise ValueError(f"`reduction` must be a positive int. Received: reduction={reduction!r}")
-        if not isinstance(shared_across_domains, bool):
-            raise ValueError("`shared_across_domains` must be a bool. "
-                             f"Received: shared_across_domains={shared_across_domains!r}")
-        self.num_domains = num_domains
-        self.mode = mode
-        self.num_fields = num_fields
-        self.reduction = reduction
-        self.shared_across_domains = shared_across_domains
+        self.num_domains = check_int("num_domains", num_domains)
+        self.mode = check_choice("mode", mode, MODES)
+        self.num_fields = check_int("num_fields", num_fields, none_ok=True)
+        self.reduction = check_int("reduction", reduction)
+        self.shared_across_domains = check_bool("shared_across_domains", shared_across_domains)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     # ---------------------------------------------------------------- build
-    @staticmethod
-    def _split_shapes(input_shape):
-        if isinstance(input_shape, (list, tuple)) and input_shape and \
-                isinstance(input_shape[0], (tf.TensorShape, list, tuple)):
-            if len(input_shape) != 2:
-                raise ValueError(f"Expected inputs [x, domain]. Received: input_shape={input_shape}")
-            return tf.TensorShape(input_shape[0]), tf.TensorShape(input_shape[1])
-        return tf.TensorShape(input_shape), None
-
     def build(self, input_shape):
-        x_shape, domain_shape = self._split_shapes(input_shape)
+        x_shape, domain_shape = one_or_two(input_shape, "[x, domain]", shapes=True)
         if domain_shape is None and not self.shared_across_domains:
             raise ValueError("Per-domain weights need inputs [x, domain]. "
                              f"Received: input_shape={input_shape}")
@@ -122,30 +101,22 @@ class DomainInterestAdaptation(keras.layers.Layer):
         self.field_dim = units // fields
         self.hidden = max(1, fields // self.reduction)
         d = 1 if self.shared_across_domains else self.num_domains
-        kernel_init = _per_domain(self.kernel_initializer)
+        kernel = Kernels(self, self.kernel_initializer, self.kernel_regularizer)
         if self.mode == "linear":
             self.domain_scale = self.add_weight(name="domain_scale", shape=(d, units), initializer="ones")
             self.domain_bias = self.add_weight(name="domain_bias", shape=(d, units), initializer="zeros")
         elif self.mode == "attention":
-            self.domain_query = self.add_weight(name="domain_query", shape=(d, units), initializer=kernel_init,
-                                                regularizer=self.kernel_regularizer)
+            self.domain_query = kernel("domain_query", (d, units), stacked_axes=1)
         else:
-            self.squeeze_kernel = self.add_weight(name="squeeze_kernel", shape=(d, fields, self.hidden),
-                                                  initializer=kernel_init, regularizer=self.kernel_regularizer)
+            self.squeeze_kernel = kernel("squeeze_kernel", (d, fields, self.hidden), stacked_axes=1)
             self.squeeze_bias = self.add_weight(name="squeeze_bias", shape=(d, self.hidden), initializer="zeros")
-            self.excite_kernel = self.add_weight(name="excite_kernel", shape=(d, self.hidden, fields),
-                                                 initializer=kernel_init, regularizer=self.kernel_regularizer)
+            self.excite_kernel = kernel("excite_kernel", (d, self.hidden, fields), stacked_axes=1)
             self.excite_bias = self.add_weight(name="excite_bias", shape=(d, fields), initializer="zeros")
         super().build(input_shape)
 
     # ---------------------------------------------------------------- call
     def _split_inputs(self, inputs):
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
-                raise ValueError(f"Expected inputs [x, domain]. Received: {len(inputs)} inputs")
-            x, domain = inputs
-        else:
-            x, domain = inputs, None
+        x, domain = one_or_two(inputs, "[x, domain]")
         x = tf.convert_to_tensor(x)
         if x.dtype != self.compute_dtype:
             x = tf.cast(x, self.compute_dtype)
@@ -195,8 +166,7 @@ class DomainInterestAdaptation(keras.layers.Layer):
         return self._weights_for(x, index)[0]
 
     def compute_output_shape(self, input_shape):
-        x_shape, _ = self._split_shapes(input_shape)
-        return x_shape
+        return one_or_two(input_shape, "[x, domain]", shapes=True)[0]
 
     def get_config(self):
         config = super().get_config()
@@ -206,8 +176,6 @@ class DomainInterestAdaptation(keras.layers.Layer):
             "num_fields": self.num_fields,
             "reduction": self.reduction,
             "shared_across_domains": self.shared_across_domains,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
-            if self.kernel_regularizer is not None else None,
+            **kernel_config(self),
         })
         return config

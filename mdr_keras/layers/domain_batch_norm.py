@@ -1,12 +1,10 @@
 """Domain-specific batch normalization (DSBN) of ADI, eq. (20)."""
 from __future__ import annotations
 
-import numbers
-
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domains import domain_indices
+from mdr_keras.layers.plumbing import check_int, check_real, domain_indices, input_list, input_shapes
 
 
 @keras.utils.register_keras_serializable(package="mdr")
@@ -66,24 +64,15 @@ class DomainBatchNormalization(keras.layers.Layer):
     def __init__(self, num_domains: int, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(num_domains, bool) or not isinstance(num_domains, numbers.Integral) or num_domains < 1:
-            raise ValueError(f"`num_domains` must be an integer >= 1. Received: num_domains={num_domains!r}")
-        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real) or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"`momentum` must be in [0, 1]. Received: momentum={momentum!r}")
-        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not epsilon > 0.0:
-            raise ValueError(f"`epsilon` must be > 0. Received: epsilon={epsilon!r}")
-        self.num_domains = int(num_domains)
-        self.momentum = float(momentum)
-        self.epsilon = float(epsilon)
+        self.num_domains = check_int("num_domains", num_domains)
+        self.momentum = check_real("momentum", momentum, 0, 1)
+        self.epsilon = check_real("epsilon", epsilon, 0, low_open=True)
         self.center = bool(center)
         self.scale = bool(scale)
         self.supports_masking = False
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
-            raise ValueError("DomainBatchNormalization expects inputs [x, domain]. "
-                             f"Received: input_shape={input_shape}")
-        x_shape = tf.TensorShape(input_shape[0])
+        x_shape = input_shapes(self, input_shape, ("x", "domain"))[0]
         if x_shape.rank is None or x_shape.rank < 2 or x_shape[-1] is None:
             raise ValueError("`x` must have a known rank >= 2 and a defined last axis. "
                              f"Received: x shape={x_shape}")
@@ -134,9 +123,7 @@ class DomainBatchNormalization(keras.layers.Layer):
         return variable.assign(tf.where(present[:, None], new, variable))
 
     def call(self, inputs, training=None):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
-            raise ValueError(f"DomainBatchNormalization expects inputs [x, domain]. Received: inputs={inputs!r}")
-        x, domain = inputs
+        x, domain = input_list(self, inputs, ("x", "domain"))
         x = tf.convert_to_tensor(x)
         out_dtype = x.dtype
         stat_dtype = self.moving_mean.dtype

@@ -2,32 +2,14 @@
 one (D3 eq. 11-13)."""
 from __future__ import annotations
 
-import itertools
-
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domains import is_int as _is_int
+from mdr_keras.layers.plumbing import (Kernels, check_activation, check_bool, check_choice, check_units, input_list,
+                                       input_shapes, kernel_config)
 
-FUSIONS = ("mul", "sum")
-
-
-def units_list(name, value):
-    """The widths as a list of positive ints; an empty list is allowed (no hidden layer)."""
-    if isinstance(value, (list, tuple)) and all(_is_int(u) and u > 0 for u in value):
-        return [int(u) for u in value]
-    raise ValueError(f"`{name}` must be a list of positive ints. Received: {name}={value!r}")
-
-
-def fresh_initializer(initializer, call):
-    """A new copy of a Keras initialiser (seed + 1000 * call when seeded): an initialiser instance returns the
-    same values on every call, which would start weights of the same shape from identical values."""
-    if not isinstance(initializer, keras.initializers.Initializer):
-        return initializer
-    config = initializer.get_config()
-    if config.get("seed") is not None:
-        config["seed"] = config["seed"] + 1000 * call
-    return type(initializer).from_config(config)
+WEIGHT_FUSIONS = ("mul", "sum")  # how the gate combines the specific and the global weight (eq. 13)
+INPUTS = ("gate_input", "specific_kernel", "specific_bias")
 
 
 @keras.utils.register_keras_serializable(package="mdr")
@@ -88,30 +70,15 @@ class DomainFusionGate(keras.layers.Layer):
     def __init__(self, gate_units=(64, 16), fusion="mul", fuse_bias=True, activation="relu",
                  kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        gate_units = units_list("gate_units", gate_units)
-        if fusion not in FUSIONS:
-            raise ValueError(f"`fusion` must be one of {FUSIONS}. Received: fusion={fusion!r}")
-        if not isinstance(fuse_bias, bool):
-            raise ValueError(f"`fuse_bias` must be a bool. Received: fuse_bias={fuse_bias!r}")
-        try:
-            self.activation = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Unknown `activation`. Received: activation={activation!r}") from error
-        self.gate_units = gate_units
-        self.fusion = fusion
-        self.fuse_bias = fuse_bias
+        self.gate_units = check_units("gate_units", gate_units, allow_empty=True)
+        self.fusion = check_choice("fusion", fusion, WEIGHT_FUSIONS)
+        self.fuse_bias = check_bool("fuse_bias", fuse_bias)
+        self.activation = check_activation("activation", activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
-    @staticmethod
-    def _split_shapes(input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
-            raise ValueError("DomainFusionGate expects inputs [gate_input, specific_kernel, specific_bias]. "
-                             f"Received: input_shape={input_shape}")
-        return [tf.TensorShape(s) for s in input_shape]
-
     def build(self, input_shape):
-        gate_shape, kernel_shape, bias_shape = self._split_shapes(input_shape)
+        gate_shape, kernel_shape, bias_shape = input_shapes(self, input_shape, INPUTS)
         if gate_shape.rank != 2 or gate_shape[-1] is None:
             raise ValueError(f"`gate_input` must be [batch, G] with known G. Received: shape={gate_shape}")
         if kernel_shape.rank != 3 or None in kernel_shape[1:]:
@@ -120,12 +87,7 @@ class DomainFusionGate(keras.layers.Layer):
         if bias_shape.rank != 2 or bias_shape[-1] != kernel_shape[-1]:
             raise ValueError(f"`specific_bias` must be [batch, h] with h = {kernel_shape[-1]}. "
                              f"Received: shape={bias_shape}")
-        calls = itertools.count(1)
-
-        def kernel(name, shape):
-            return self.add_weight(name=name, shape=shape, regularizer=self.kernel_regularizer,
-                                   initializer=fresh_initializer(self.kernel_initializer, next(calls)))
-
+        kernel = Kernels(self, self.kernel_initializer, self.kernel_regularizer)
         self.gate_kernels, self.gate_biases = [], []
         fan_in = int(gate_shape[-1])
         for i, units in enumerate(self.gate_units + [2]):  # hidden layers, then the 2 logits [v_sp, v_sh]
@@ -153,10 +115,7 @@ class DomainFusionGate(keras.layers.Layer):
         return g_sp * specific + g_sh * shared
 
     def call(self, inputs, training=None):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != 3:
-            raise ValueError("DomainFusionGate expects inputs [gate_input, specific_kernel, specific_bias]. "
-                             f"Received: inputs={inputs!r}")
-        gate_input, kernel, bias = inputs
+        gate_input, kernel, bias = input_list(self, inputs, INPUTS)
         kernel = tf.cast(kernel, self.compute_dtype)
         bias = tf.cast(bias, self.compute_dtype)
         gate = self.gate(gate_input)
@@ -167,7 +126,7 @@ class DomainFusionGate(keras.layers.Layer):
         return fused_kernel, fused_bias, gate
 
     def compute_output_shape(self, input_shape):
-        gate_shape, kernel_shape, bias_shape = self._split_shapes(input_shape)
+        gate_shape, kernel_shape, bias_shape = input_shapes(self, input_shape, INPUTS)
         return kernel_shape, bias_shape, tf.TensorShape([gate_shape[0], 2])
 
     def get_config(self):
@@ -177,8 +136,6 @@ class DomainFusionGate(keras.layers.Layer):
             "fusion": self.fusion,
             "fuse_bias": self.fuse_bias,
             "activation": keras.activations.serialize(self.activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
-            if self.kernel_regularizer is not None else None,
+            **kernel_config(self),
         })
         return config

@@ -2,14 +2,14 @@
 weight and bias are generated per sample from self-attention over the feature fields (D3 eq. 6-14)."""
 from __future__ import annotations
 
-import itertools
-
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domain_fusion_gate import FUSIONS, DomainFusionGate, fresh_initializer, units_list
-from mdr_keras.layers.domains import is_int as _is_int
-from mdr_keras.layers.domains import per_domain as _per_domain
+from mdr_keras.layers.domain_fusion_gate import WEIGHT_FUSIONS, DomainFusionGate
+from mdr_keras.layers.plumbing import (Kernels, check_activation, check_bool, check_choice, check_int, check_units,
+                                       fresh_initializer, kernel_config, last_dim, one_or_two)
+
+_EXPECTED_INPUTS = "`fields` or [fields, x_flat]"
 
 
 @keras.utils.register_keras_serializable(package="mdr")
@@ -91,63 +91,32 @@ class DomainSensitiveFeatureSelection(keras.layers.Layer):
                  fuse_bias=True, activation="relu", kernel_initializer="glorot_uniform", kernel_regularizer=None,
                  **kwargs):
         super().__init__(**kwargs)
-        if not _is_int(units) or units < 1:
-            raise ValueError(f"`units` must be a positive int. Received: units={units!r}")
-        if not _is_int(field_units) or field_units < 1:
-            raise ValueError(f"`field_units` must be a positive int. Received: field_units={field_units!r}")
-        if not isinstance(value_projection, bool):
-            raise ValueError(f"`value_projection` must be a bool. Received: value_projection={value_projection!r}")
-        if fusion is not None and fusion not in FUSIONS:
-            raise ValueError(f"`fusion` must be one of {FUSIONS} or None. Received: fusion={fusion!r}")
-        gate_units = units_list("gate_units", gate_units)
-        if not isinstance(fuse_bias, bool):
-            raise ValueError(f"`fuse_bias` must be a bool. Received: fuse_bias={fuse_bias!r}")
-        try:
-            self.activation = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Unknown `activation`. Received: activation={activation!r}") from error
-        self.units = int(units)
-        self.field_units = int(field_units)
-        self.value_projection = value_projection
-        self.fusion = fusion
-        self.gate_units = gate_units
-        self.fuse_bias = fuse_bias
+        self.units = check_int("units", units)
+        self.field_units = check_int("field_units", field_units)
+        self.value_projection = check_bool("value_projection", value_projection)
+        self.fusion = check_choice("fusion", fusion, WEIGHT_FUSIONS + (None,))
+        self.gate_units = check_units("gate_units", gate_units, allow_empty=True)
+        self.fuse_bias = check_bool("fuse_bias", fuse_bias)
+        self.activation = check_activation("activation", activation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.fusion_gate = None if fusion is None else DomainFusionGate(
             gate_units=gate_units, fusion=fusion, fuse_bias=fuse_bias, activation=activation,
-            # seeds shifted so that a seeded initialiser does not repeat the values of this layer's kernels
+            # its kernels count from 500, past this layer's own: a seeded initialiser does not repeat their values
             kernel_initializer=fresh_initializer(self.kernel_initializer, 500),
             kernel_regularizer=self.kernel_regularizer, name="fusion_gate",
             dtype=self.dtype_policy)
 
     # ------------------------------------------------------------------ build
-    @staticmethod
-    def _split_shapes(input_shape):
-        if isinstance(input_shape, (list, tuple)) and input_shape and \
-                isinstance(input_shape[0], (tf.TensorShape, list, tuple)):
-            if len(input_shape) != 2:
-                raise ValueError("Expected inputs `fields` or [fields, x_flat]. "
-                                 f"Received: input_shape={input_shape}")
-            return tf.TensorShape(input_shape[0]), tf.TensorShape(input_shape[1])
-        return tf.TensorShape(input_shape), None
-
     def build(self, input_shape):
-        fields_shape, x_shape = self._split_shapes(input_shape)
+        fields_shape, x_shape = one_or_two(input_shape, _EXPECTED_INPUTS, shapes=True)
         if fields_shape.rank != 3 or None in fields_shape[1:]:
             raise ValueError("`fields` must be [batch, N, e] with known N and e. "
                              f"Received: fields.shape={fields_shape}")
-        if x_shape is not None and (x_shape.rank != 2 or x_shape[-1] is None):
-            raise ValueError(f"`x_flat` must be [batch, F] with known F. Received: x_flat.shape={x_shape}")
         n, e = int(fields_shape[1]), int(fields_shape[2])
-        f = n * e if x_shape is None else int(x_shape[-1])
+        f = n * e if x_shape is None else last_dim("x_flat", x_shape, "[batch, F]")
         self.num_fields, self.embedding_dim, self.transform_dim = n, e, f
-        calls = itertools.count(1)
-
-        def kernel(name, shape, per_field=False):
-            init = fresh_initializer(self.kernel_initializer, next(calls))
-            return self.add_weight(name=name, shape=shape, regularizer=self.kernel_regularizer,
-                                   initializer=_per_domain(init) if per_field else init)
+        kernel = Kernels(self, self.kernel_initializer, self.kernel_regularizer)
 
         def bias(name, shape):
             return self.add_weight(name=name, shape=shape, initializer="zeros")
@@ -156,7 +125,7 @@ class DomainSensitiveFeatureSelection(keras.layers.Layer):
         self.query_kernel = kernel("query_kernel", (e, e))
         self.key_kernel = kernel("key_kernel", (e, e))
         self.value_kernel = kernel("value_kernel", (e, e)) if self.value_projection else None
-        self.field_kernel = kernel("field_kernel", (n, e, self.field_units), per_field=True)
+        self.field_kernel = kernel("field_kernel", (n, e, self.field_units), stacked_axes=1)
         self.field_bias = bias("field_bias", (n, self.field_units))
         self.residual_kernel = kernel("residual_kernel", (hidden, hidden))
         self.residual_bias = bias("residual_bias", (hidden,))
@@ -172,12 +141,7 @@ class DomainSensitiveFeatureSelection(keras.layers.Layer):
 
     # ------------------------------------------------------------------ call
     def _split_inputs(self, inputs):
-        if isinstance(inputs, (list, tuple)):
-            if len(inputs) != 2:
-                raise ValueError(f"Expected inputs `fields` or [fields, x_flat]. Received: {len(inputs)} inputs")
-            fields, x = inputs
-        else:
-            fields, x = inputs, None
+        fields, x = one_or_two(inputs, _EXPECTED_INPUTS)
         fields = tf.cast(fields, self.compute_dtype)
         x = tf.reshape(fields, [-1, self.num_fields * self.embedding_dim]) if x is None \
             else tf.cast(x, self.compute_dtype)
@@ -209,7 +173,7 @@ class DomainSensitiveFeatureSelection(keras.layers.Layer):
         return output
 
     def compute_output_shape(self, input_shape):
-        fields_shape, _ = self._split_shapes(input_shape)
+        fields_shape = one_or_two(input_shape, _EXPECTED_INPUTS, shapes=True)[0]
         return tf.TensorShape([fields_shape[0], self.units])
 
     def get_config(self):
@@ -222,8 +186,6 @@ class DomainSensitiveFeatureSelection(keras.layers.Layer):
             "gate_units": list(self.gate_units),
             "fuse_bias": self.fuse_bias,
             "activation": keras.activations.serialize(self.activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
-            if self.kernel_regularizer is not None else None,
+            **kernel_config(self),
         })
         return config

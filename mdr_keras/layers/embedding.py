@@ -6,6 +6,8 @@ from typing import Dict
 import tensorflow as tf
 import tf_keras as keras
 
+from mdr_keras.layers.plumbing import check_int, check_real
+
 
 @keras.utils.register_keras_serializable(package="mdr")
 class SharedEmbedding(keras.layers.Layer):
@@ -38,10 +40,8 @@ class SharedEmbedding(keras.layers.Layer):
 
     def __init__(self, tables: Dict[str, int], features: Dict[str, list], dim: int = 16, l2: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1. Received: dim={dim}")
-        if l2 < 0:
-            raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        self.dim = check_int("dim", dim)
+        self.l2 = check_real("l2", l2, 0)
         for name, rows in tables.items():
             if rows < 1:
                 raise ValueError(f"table {name!r} needs >= 1 row. Received: rows={rows}")
@@ -52,8 +52,6 @@ class SharedEmbedding(keras.layers.Layer):
                 raise ValueError(f"feature {name!r}: mode must be one of {self.MODES}. Received: mode={mode!r}")
         self.tables = dict(tables)
         self.features = {k: list(v) for k, v in features.items()}
-        self.dim = int(dim)
-        self.l2 = float(l2)
 
     def build(self, input_shape):
         reg = keras.regularizers.l2(self.l2) if self.l2 else None

@@ -6,14 +6,14 @@ from typing import Dict, List, Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 
 
 @keras.utils.register_keras_serializable(package="mdr")
 class FeatureEncoder(keras.layers.Layer):
     """Maps the raw values of a record (strings, floats) to the indices the embeddings take.
 
-    The one implementation of the spec's index conventions (`mdr_keras.feature_spec`): training,
+    The one implementation of the spec's index conventions (`mdr_contract.feature_spec`): training,
     evaluation and every exported serving signature run this layer, so there is no second mapping
     that could drift (no training/serving skew).
       - categorical and categorical-list features, and sequence features through the vocabulary

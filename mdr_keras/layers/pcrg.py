@@ -5,12 +5,13 @@ from __future__ import annotations
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domains import is_int as _is_int
-from mdr_keras.layers.psrg import fresh_initializer
+from mdr_keras.layers.plumbing import GenNetLayer, Kernels, check_int, input_list, input_shapes, last_dim
+
+INPUTS = ("domain_features", "query")
 
 
 @keras.utils.register_keras_serializable(package="mdr")
-class MultiQueryGenerator(keras.layers.Layer):
+class MultiQueryGenerator(GenNetLayer):
     """PCRG of ADS: T personalised candidate queries, query t meant for sequence position t.
 
     For a row with domain features `E_D` (`[d_D]`) and candidate embedding `E_Q` (`[d_Q]`):
@@ -65,77 +66,34 @@ class MultiQueryGenerator(keras.layers.Layer):
     def __init__(self, sequence_length, chunk_size=1, hidden_units=64, activation="relu",
                  kernel_initializer="glorot_uniform", output_initializer="zeros", kernel_regularizer=None,
                  **kwargs):
-        super().__init__(**kwargs)
-        if not _is_int(sequence_length) or sequence_length < 1:
-            raise ValueError("`sequence_length` must be a positive int. "
-                             f"Received: sequence_length={sequence_length!r}")
-        if not _is_int(chunk_size) or not 1 <= chunk_size <= sequence_length:
-            raise ValueError(f"`chunk_size` must be an int in [1, sequence_length={sequence_length}]. "
-                             f"Received: chunk_size={chunk_size!r}")
-        if not _is_int(hidden_units) or hidden_units < 1:
-            raise ValueError(f"`hidden_units` must be a positive int. Received: hidden_units={hidden_units!r}")
-        try:
-            self.activation = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Unknown `activation`. Received: activation={activation!r}") from error
-        self.sequence_length = int(sequence_length)
-        self.chunk_size = int(chunk_size)
+        super().__init__(hidden_units=hidden_units, activation=activation, kernel_initializer=kernel_initializer,
+                         output_initializer=output_initializer, kernel_regularizer=kernel_regularizer, **kwargs)
+        self.sequence_length = check_int("sequence_length", sequence_length)
+        self.chunk_size = check_int("chunk_size", chunk_size, high=self.sequence_length)
         self.num_chunks = -(-self.sequence_length // self.chunk_size)  # G = ceil(T / C)
-        self.hidden_units = int(hidden_units)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.output_initializer = keras.initializers.get(output_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-
-    @staticmethod
-    def _split_shapes(input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
-            raise ValueError("MultiQueryGenerator expects inputs [domain_features, query]. "
-                             f"Received: input_shape={input_shape}")
-        return tf.TensorShape(input_shape[0]), tf.TensorShape(input_shape[1])
 
     def build(self, input_shape):
-        dom_shape, query_shape = self._split_shapes(input_shape)
-        for name, shape in (("domain_features", dom_shape), ("query", query_shape)):
-            if shape.rank != 2 or shape[-1] is None:
-                raise ValueError(f"`{name}` must be [B, dim] with a known dim. Received: {name}.shape={shape}")
-        d_in, d_q, d_h = int(dom_shape[-1]) + int(query_shape[-1]), int(query_shape[-1]), self.hidden_units
-        self.query_dim = d_q
-        self.hidden_kernel = self.add_weight(name="hidden_kernel", shape=(d_in, d_h),
-                                             initializer=fresh_initializer(self.kernel_initializer, 1),
-                                             regularizer=self.kernel_regularizer)
-        self.hidden_bias = self.add_weight(name="hidden_bias", shape=(d_h,), initializer="zeros")
-        self.output_kernel = self.add_weight(name="output_kernel", shape=(d_h, self.num_chunks * d_q),
-                                             initializer=fresh_initializer(self.output_initializer, 2),
-                                             regularizer=self.kernel_regularizer)
-        self.output_bias = self.add_weight(name="output_bias", shape=(self.num_chunks * d_q,), initializer="zeros")
+        dom_shape, query_shape = input_shapes(self, input_shape, INPUTS)
+        d_d = last_dim("domain_features", dom_shape, "[B, d_D]")
+        self.query_dim = d_q = last_dim("query", query_shape, "[B, d_Q]")
+        # eq. 6's W_q1, b_q1, W_q2, b_q2: hidden_kernel, hidden_bias, output_kernel, output_bias
+        self._build_gen_net(Kernels(self, self.kernel_initializer, self.kernel_regularizer), "", d_d + d_q,
+                            self.num_chunks * d_q)
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
-            raise ValueError("MultiQueryGenerator expects inputs [domain_features, query]. "
-                             f"Received: inputs={inputs!r}")
-        dom, query = (tf.cast(tf.convert_to_tensor(t), self.compute_dtype) for t in inputs)
-        hidden = self.activation(tf.matmul(tf.concat([dom, query], axis=-1), self.hidden_kernel) + self.hidden_bias)
-        private = tf.matmul(hidden, self.output_kernel) + self.output_bias  # eq. 6, [B, G * d_Q]
+        dom, query = (tf.cast(tf.convert_to_tensor(t), self.compute_dtype) for t in input_list(self, inputs, INPUTS))
+        private = self._gen_net("", tf.concat([dom, query], axis=-1))  # eq. 6, [B, G * d_Q]
         private = tf.reshape(private, [-1, self.num_chunks, self.query_dim])
         if self.chunk_size > 1:  # chunk g -> positions [g C, (g + 1) C): repeat-interleave, cut the padding
             private = tf.repeat(private, self.chunk_size, axis=1)[:, :self.sequence_length]
         return private + query[:, None, :]  # eq. 7: + E_Q tiled over the T positions
 
     def compute_output_shape(self, input_shape):
-        _, query_shape = self._split_shapes(input_shape)
+        query_shape = input_shapes(self, input_shape, INPUTS)[1]
         return tf.TensorShape([query_shape[0], self.sequence_length, query_shape[-1]])
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "sequence_length": self.sequence_length,
-            "chunk_size": self.chunk_size,
-            "hidden_units": self.hidden_units,
-            "activation": keras.activations.serialize(self.activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "output_initializer": keras.initializers.serialize(self.output_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
-            if self.kernel_regularizer is not None else None,
-        })
+        config.update({"sequence_length": self.sequence_length, "chunk_size": self.chunk_size})
         return config

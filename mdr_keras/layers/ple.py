@@ -1,23 +1,14 @@
 """PLE multi-domain backbone: CGC levels of shared and domain-specific experts, then one tower per domain."""
 from __future__ import annotations
 
-import numbers
-
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domains import domain_indices, is_int, per_domain
-
-
-def _units(name, value):
-    if isinstance(value, (list, tuple)) and value and all(is_int(u) and u > 0 for u in value):
-        return [int(u) for u in value]
-    raise ValueError(f"`{name}` must be a non-empty list of positive ints. Received: {name}={value!r}")
+from mdr_keras.layers.plumbing import DomainTowersBackbone, Kernels, check_int, check_units, domain_indices
 
 
 @keras.utils.register_keras_serializable(package="mdr")
-class PLEBackbone(keras.layers.Layer):
+class PLEBackbone(DomainTowersBackbone):
     """Progressive Layered Extraction backbone: stacked CGC levels, one gate and one tower per domain.
 
     A row of domain `d` has two paths through the levels, both starting at `x`: its domain path
@@ -55,21 +46,13 @@ class PLEBackbone(keras.layers.Layer):
         num_specific_experts: experts P per domain per level (>= 0); S + P >= 1. Default 1.
         expert_units: widths of each expert's layers (all ReLU), the same at every level.
             Default `(64,)`.
-        tower_units: widths of each domain's tower; the last layer is linear and its width is the
-            output dim. Default `(32,)`.
-        dropout: dropout rate in [0, 1) after every hidden (ReLU) layer. Default 0.
-        output_activation: optional activation of the output layer. Default None (linear).
-        kernel_initializer: initialiser of the kernels, applied to each expert's / domain's slice
-            on its own. Default `"glorot_uniform"`.
-        kernel_regularizer: optional regulariser of the kernels.
-        **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
+        tower_units: widths of each domain's tower over the domain path after the last level; its
+            last width is the output dim. Default `(32,)`.
+        dropout, output_activation, kernel_initializer, kernel_regularizer, **kwargs: as
+            `DomainTowersBackbone`'s.
 
     Call arguments:
-        inputs: list `[x, domain, domain_embedding]`: `x` float `[B, F]`, the concatenated feature
-            embeddings (the domain embedding is one of them); `domain` int `[B]` or `[B, 1]` in
-            `[0, num_domains)` (out-of-range values fail an assertion, outside XLA);
-            `domain_embedding` float `[B, e]`, unused (it is already part of `x`).
-        training: Python bool or bool tensor, the dropout switch.
+        inputs, training: as `DomainTowersBackbone`'s (`domain_embedding` is unused: it is part of `x`).
         return_gates: if True, return each level's domain gate `[B, S + P]` (shared experts first),
             a list of L tensors, instead of the output. Default False.
 
@@ -86,91 +69,46 @@ class PLEBackbone(keras.layers.Layer):
     def __init__(self, num_domains, num_levels=1, num_shared_experts=1, num_specific_experts=1,
                  expert_units=(64,), tower_units=(32,), dropout=0.0, output_activation=None,
                  kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
-        super().__init__(**kwargs)
-        for name, value, low in (("num_domains", num_domains, 1), ("num_levels", num_levels, 1),
-                                 ("num_shared_experts", num_shared_experts, 0),
-                                 ("num_specific_experts", num_specific_experts, 0)):
-            if not is_int(value) or value < low:
-                raise ValueError(f"`{name}` must be an int >= {low}. Received: {name}={value!r}")
+        super().__init__(num_domains, tower_units=tower_units, dropout=dropout, output_activation=output_activation,
+                         kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer, **kwargs)
+        self.num_levels = check_int("num_levels", num_levels)
+        self.num_shared_experts = check_int("num_shared_experts", num_shared_experts, low=0)
+        self.num_specific_experts = check_int("num_specific_experts", num_specific_experts, low=0)
         if num_shared_experts + num_specific_experts < 1:
             raise ValueError("`num_shared_experts + num_specific_experts` must be >= 1. Received: "
                              f"num_shared_experts={num_shared_experts}, num_specific_experts={num_specific_experts}")
-        self.expert_units = _units("expert_units", expert_units)
-        self.tower_units = _units("tower_units", tower_units)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-        try:
-            self.output_activation = None if output_activation is None else keras.activations.get(output_activation)
-        except ValueError as error:
-            raise ValueError("`output_activation` must be None or a Keras activation. "
-                             f"Received: output_activation={output_activation!r}") from error
-        self.num_domains = int(num_domains)
-        self.num_levels = int(num_levels)
-        self.num_shared_experts = int(num_shared_experts)
-        self.num_specific_experts = int(num_specific_experts)
-        self.dropout = float(dropout)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self._dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
-
-    def _kernel(self, name, shape):
-        """A kernel from a fresh copy of `kernel_initializer` (seed + 1000 n when seeded: an initialiser
-        instance gives the same values on every call), each `[in, out]` slice initialised on its own."""
-        init = self.kernel_initializer
-        if isinstance(init, keras.initializers.Initializer):
-            config = init.get_config()
-            self._kernels_made = getattr(self, "_kernels_made", 0) + 1
-            if config.get("seed") is not None:
-                config["seed"] += 1000 * self._kernels_made
-            init = type(init).from_config(config)
-        slices = per_domain(init)
-
-        def initializer(shape, dtype=None, **kwargs):
-            shape = tuple(int(s) for s in shape)
-            return tf.reshape(slices((int(np.prod(shape[:-2])),) + shape[-2:], dtype=dtype), shape)
-
-        return self.add_weight(name=name, shape=shape, initializer=initializer, regularizer=self.kernel_regularizer)
-
-    def _bias(self, name, shape):
-        return self.add_weight(name=name, shape=shape, initializer="zeros")
+        self.expert_units = check_units("expert_units", expert_units)
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
-            raise ValueError("PLEBackbone expects inputs [x, domain, domain_embedding]. "
-                             f"Received: input_shape={input_shape}")
-        x_shape = tf.TensorShape(input_shape[0])
-        if x_shape.rank != 2 or x_shape[-1] is None:
-            raise ValueError(f"`x` must be [batch, features] with known features. Received: x.shape={x_shape}")
         D, S, P = self.num_domains, self.num_shared_experts, self.num_specific_experts
-        level_in = int(x_shape[-1])
+        level_in = self._features(input_shape)
+        make = Kernels(self, self.kernel_initializer, self.kernel_regularizer)
+
+        def kernel(name, shape):  # every [in, out] matrix of a stacked kernel initialised on its own
+            return make(name, shape, stacked_axes=len(shape) - 2)
+
+        def bias(name, shape):
+            return self.add_weight(name=name, shape=shape, initializer="zeros")
+
         self.levels = []  # per level: dict of its weights
         for lv in range(self.num_levels):
             w = {"shared": [], "specific": [],
-                 "gate": self._kernel(f"level{lv}_gate_kernel", (D, level_in, S + P)),
-                 "shared_gate": self._kernel(f"level{lv}_shared_gate_kernel", (level_in, S + P))
+                 "gate": kernel(f"level{lv}_gate_kernel", (D, level_in, S + P)),
+                 "shared_gate": kernel(f"level{lv}_shared_gate_kernel", (level_in, S + P))
                  if S and lv < self.num_levels - 1 else None}
             fan_in = level_in
             for i, units in enumerate(self.expert_units):
                 if S:
-                    w["shared"].append((self._kernel(f"level{lv}_shared_kernel_{i}", (S, fan_in, units)),
-                                        self._bias(f"level{lv}_shared_bias_{i}", (S, units))))
+                    w["shared"].append((kernel(f"level{lv}_shared_kernel_{i}", (S, fan_in, units)),
+                                        bias(f"level{lv}_shared_bias_{i}", (S, units))))
                 if P:
-                    w["specific"].append((self._kernel(f"level{lv}_specific_kernel_{i}", (D, P, fan_in, units)),
-                                          self._bias(f"level{lv}_specific_bias_{i}", (D, P, units))))
+                    w["specific"].append((kernel(f"level{lv}_specific_kernel_{i}", (D, P, fan_in, units)),
+                                          bias(f"level{lv}_specific_bias_{i}", (D, P, units))))
                 fan_in = units
             self.levels.append(w)
             level_in = fan_in
-        self.tower_kernels, self.tower_biases = [], []
-        fan_in = level_in
-        for i, units in enumerate(self.tower_units):
-            self.tower_kernels.append(self._kernel(f"tower_kernel_{i}", (D, fan_in, units)))
-            self.tower_biases.append(self._bias(f"tower_bias_{i}", (D, units)))
-            fan_in = units
+        self._build_towers(make, level_in)
         super().build(input_shape)
-
-    def _hidden(self, z, training):
-        h = tf.nn.relu(z)
-        return self._dropout(h, training=training) if self.dropout else h
 
     @staticmethod
     def _mix(gate_logits, experts):
@@ -217,30 +155,10 @@ class PLEBackbone(keras.layers.Layer):
         h, gates = self._levels(x, index, training)
         if return_gates:
             return gates
-        last = len(self.tower_units) - 1
-        for i, (kernel, bias) in enumerate(zip(self.tower_kernels, self.tower_biases)):
-            h = tf.gather(tf.einsum("bi,dio->bdo", h, kernel) + bias, index, axis=1, batch_dims=1)
-            if i < last:
-                h = self._hidden(h, training)
-        return h if self.output_activation is None else self.output_activation(h)
-
-    def compute_output_shape(self, input_shape):
-        return tf.TensorShape([tf.TensorShape(input_shape[0])[0], self.tower_units[-1]])
+        return self._towers(h, index, training)
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "num_domains": self.num_domains,
-            "num_levels": self.num_levels,
-            "num_shared_experts": self.num_shared_experts,
-            "num_specific_experts": self.num_specific_experts,
-            "expert_units": list(self.expert_units),
-            "tower_units": list(self.tower_units),
-            "dropout": self.dropout,
-            "output_activation": None if self.output_activation is None
-            else keras.activations.serialize(self.output_activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": None if self.kernel_regularizer is None
-            else keras.regularizers.serialize(self.kernel_regularizer),
-        })
+        config.update({"num_levels": self.num_levels, "num_shared_experts": self.num_shared_experts,
+                       "num_specific_experts": self.num_specific_experts, "expert_units": list(self.expert_units)})
         return config

@@ -2,33 +2,16 @@
 every behaviour-sequence item (ADS eq. 2-5)."""
 from __future__ import annotations
 
-import numbers
-
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domains import is_int as _is_int
+from mdr_keras.layers.plumbing import GenNetLayer, Kernels, check_real, input_list, input_shapes, last_dim
 
-
-def fresh_initializer(initializer, n):
-    """A new copy of a Keras initialiser for the n-th weight (seed + 1000 * n when seeded): an initialiser
-    instance returns the same values on every call, which would start weights of one shape identically."""
-    if not isinstance(initializer, keras.initializers.Initializer):
-        return initializer  # a plain function: random on every call
-    config = initializer.get_config()
-    if config.get("seed") is not None:
-        config["seed"] = config["seed"] + 1000 * n
-    return type(initializer).from_config(config)
-
-
-def check_positive_real(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
-        raise ValueError(f"`{name}` must be a number > 0. Received: {name}={value!r}")
-    return float(value)
+INPUTS = ("sequence", "domain_features")
 
 
 @keras.utils.register_keras_serializable(package="mdr")
-class PersonalizedSequenceRepresentation(keras.layers.Layer):
+class PersonalizedSequenceRepresentation(GenNetLayer):
     """PSRG of ADS: transforms every sequence item with a linear map generated from the domain features.
 
     For a row with domain features `E_D` (`[d_D]`) and sequence `E_S` (`[T, d_S]`):
@@ -83,83 +66,40 @@ class PersonalizedSequenceRepresentation(keras.layers.Layer):
     def __init__(self, hidden_units=64, eta=2.0, activation="relu", shared_initializer="identity",
                  kernel_initializer="glorot_uniform", output_initializer="zeros", kernel_regularizer=None,
                  **kwargs):
-        super().__init__(**kwargs)
-        if not _is_int(hidden_units) or hidden_units < 1:
-            raise ValueError(f"`hidden_units` must be a positive int. Received: hidden_units={hidden_units!r}")
-        self.eta = check_positive_real("eta", eta)
-        try:
-            self.activation = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Unknown `activation`. Received: activation={activation!r}") from error
-        self.hidden_units = int(hidden_units)
+        super().__init__(hidden_units=hidden_units, activation=activation, kernel_initializer=kernel_initializer,
+                         output_initializer=output_initializer, kernel_regularizer=kernel_regularizer, **kwargs)
+        self.eta = check_real("eta", eta, 0, low_open=True)
         self.shared_initializer = keras.initializers.get(shared_initializer)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.output_initializer = keras.initializers.get(output_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-
-    @staticmethod
-    def _split_shapes(input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
-            raise ValueError("PersonalizedSequenceRepresentation expects inputs [sequence, domain_features]. "
-                             f"Received: input_shape={input_shape}")
-        return tf.TensorShape(input_shape[0]), tf.TensorShape(input_shape[1])
 
     def build(self, input_shape):
-        seq_shape, dom_shape = self._split_shapes(input_shape)
-        if seq_shape.rank != 3 or seq_shape[-1] is None:
-            raise ValueError(f"`sequence` must be [B, T, d_S] with known d_S. Received: sequence.shape={seq_shape}")
-        if dom_shape.rank != 2 or dom_shape[-1] is None:
-            raise ValueError("`domain_features` must be [B, d_D] with known d_D. "
-                             f"Received: domain_features.shape={dom_shape}")
-        d_s, d_d, d_h = int(seq_shape[-1]), int(dom_shape[-1]), self.hidden_units
+        seq_shape, dom_shape = input_shapes(self, input_shape, INPUTS)
+        d_s = last_dim("sequence", seq_shape, "[B, T, d_S]")
+        d_d = last_dim("domain_features", dom_shape, "[B, d_D]")
         self.seq_dim = d_s
         shared = self.shared_initializer
 
         def shared_init(shape, dtype=None, **kwargs):  # a [d_S, d_S] matrix, flattened row-major
             return tf.reshape(shared((d_s, d_s), dtype=dtype), shape)
 
-        def kernel(name, shape, init, n):
-            return self.add_weight(name=name, shape=shape, initializer=fresh_initializer(init, n),
-                                   regularizer=self.kernel_regularizer)
-
-        self.shared_weight = kernel("shared_weight", (d_s * d_s,), shared_init, 0)
-        self.weight_hidden_kernel = kernel("weight_hidden_kernel", (d_d, d_h), self.kernel_initializer, 1)
-        self.weight_hidden_bias = self.add_weight(name="weight_hidden_bias", shape=(d_h,), initializer="zeros")
-        self.weight_output_kernel = kernel("weight_output_kernel", (d_h, d_s * d_s), self.output_initializer, 2)
-        self.weight_output_bias = self.add_weight(name="weight_output_bias", shape=(d_s * d_s,),
-                                                  initializer="zeros")
-        self.bias_hidden_kernel = kernel("bias_hidden_kernel", (d_d, d_h), self.kernel_initializer, 3)
-        self.bias_hidden_bias = self.add_weight(name="bias_hidden_bias", shape=(d_h,), initializer="zeros")
-        self.bias_output_kernel = kernel("bias_output_kernel", (d_h, d_s), self.output_initializer, 4)
-        self.bias_output_bias = self.add_weight(name="bias_output_bias", shape=(d_s,), initializer="zeros")
+        self.shared_weight = self.add_weight(name="shared_weight", shape=(d_s * d_s,), initializer=shared_init,
+                                             regularizer=self.kernel_regularizer)
+        kernel = Kernels(self, self.kernel_initializer, self.kernel_regularizer)
+        self._build_gen_net(kernel, "weight_", d_d, d_s * d_s)  # eq. 2: weight_hidden_kernel, ...
+        self._build_gen_net(kernel, "bias_", d_d, d_s)  # eq. 4
         super().build(input_shape)
 
     def call(self, inputs, training=None):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) != 2:
-            raise ValueError("PersonalizedSequenceRepresentation expects inputs [sequence, domain_features]. "
-                             f"Received: inputs={inputs!r}")
-        seq, dom = (tf.cast(tf.convert_to_tensor(t), self.compute_dtype) for t in inputs)
-        hidden = self.activation(tf.matmul(dom, self.weight_hidden_kernel) + self.weight_hidden_bias)
-        private = tf.sigmoid(tf.matmul(hidden, self.weight_output_kernel) + self.weight_output_bias)  # eq. 2
+        seq, dom = (tf.cast(tf.convert_to_tensor(t), self.compute_dtype) for t in input_list(self, inputs, INPUTS))
+        private = tf.sigmoid(self._gen_net("weight_", dom))  # eq. 2
         generated = self.eta * self.shared_weight * private  # eq. 3, [B, d_S * d_S]
         weight = tf.reshape(generated, [-1, self.seq_dim, self.seq_dim])  # row-major: W[b, i, j]
-        hidden = self.activation(tf.matmul(dom, self.bias_hidden_kernel) + self.bias_hidden_bias)
-        bias = tf.matmul(hidden, self.bias_output_kernel) + self.bias_output_bias  # eq. 4, [B, d_S]
+        bias = self._gen_net("bias_", dom)  # eq. 4, [B, d_S]
         return tf.einsum("btj,bij->bti", seq, weight) + bias[:, None, :]  # eq. 5
 
     def compute_output_shape(self, input_shape):
-        return self._split_shapes(input_shape)[0]
+        return input_shapes(self, input_shape, INPUTS)[0]
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "hidden_units": self.hidden_units,
-            "eta": self.eta,
-            "activation": keras.activations.serialize(self.activation),
-            "shared_initializer": keras.initializers.serialize(self.shared_initializer),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "output_initializer": keras.initializers.serialize(self.output_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
-            if self.kernel_regularizer is not None else None,
-        })
+        config.update({"eta": self.eta, "shared_initializer": keras.initializers.serialize(self.shared_initializer)})
         return config

@@ -1,24 +1,16 @@
 """STAR multi-domain backbone: partitioned normalization, star-topology FC layers and the auxiliary network."""
 from __future__ import annotations
 
-import numbers
-
 import tensorflow as tf
 import tf_keras as keras
 
 from mdr_keras.layers.domain_batch_norm import DomainBatchNormalization
-from mdr_keras.layers.domains import domain_indices, is_int
-
-
-def _units(name, value, allow_empty=False):
-    if isinstance(value, (list, tuple)) and (value or allow_empty) and all(is_int(u) and u > 0 for u in value):
-        return [int(u) for u in value]
-    raise ValueError(f"`{name}` must be a {'' if allow_empty else 'non-empty '}list of positive ints. "
-                     f"Received: {name}={value!r}")
+from mdr_keras.layers.plumbing import (DomainBackbone, Kernels, check_bool, check_real, check_units, domain_indices,
+                                       last_dim, per_domain_dense)
 
 
 @keras.utils.register_keras_serializable(package="mdr")
-class STARBackbone(keras.layers.Layer):
+class STARBackbone(DomainBackbone):
     """Star Topology Adaptive Recommender backbone: PN, star-topology FCN and auxiliary network.
 
     For a row of domain `d` with features `x` and domain-indicator embedding `f`:
@@ -65,13 +57,9 @@ class STARBackbone(keras.layers.Layer):
         partitioned_norm: if True (default), PN on `x`; if False, none.
         pn_momentum: moving-statistics momentum of PN, in [0, 1]. Default 0.99.
         pn_epsilon: PN epsilon (> 0). Default 1e-3.
-        dropout: dropout rate in [0, 1) after every hidden (ReLU) layer. Default 0.
-        output_activation: optional activation of the output (after the auxiliary output is added).
-            Default None (linear).
-        kernel_initializer: initialiser of the shared and auxiliary kernels. Default
-            `"glorot_uniform"`.
-        kernel_regularizer: optional regulariser of the shared and auxiliary kernels.
-        **kwargs: base `Layer` arguments (`name`, `dtype`, ...).
+        dropout, output_activation, kernel_initializer, kernel_regularizer, **kwargs: as
+            `DomainBackbone`'s (the output activation comes after the auxiliary output is added; the
+            kernels are the shared and auxiliary ones).
 
     Call arguments:
         inputs: list `[x, domain, domain_embedding]`: `x` float `[B, F]`, the concatenated feature
@@ -92,62 +80,28 @@ class STARBackbone(keras.layers.Layer):
     def __init__(self, num_domains, units=(64, 32), aux_units=(32,), partitioned_norm=True, pn_momentum=0.99,
                  pn_epsilon=1e-3, dropout=0.0, output_activation=None, kernel_initializer="glorot_uniform",
                  kernel_regularizer=None, **kwargs):
-        super().__init__(**kwargs)
-        if not is_int(num_domains) or num_domains < 1:
-            raise ValueError(f"`num_domains` must be an int >= 1. Received: num_domains={num_domains!r}")
-        self.units = _units("units", units)
-        self.aux_units = _units("aux_units", aux_units, allow_empty=True)
-        if not isinstance(partitioned_norm, bool):
-            raise ValueError(f"`partitioned_norm` must be a bool. Received: partitioned_norm={partitioned_norm!r}")
-        if isinstance(pn_momentum, bool) or not isinstance(pn_momentum, numbers.Real) or not 0 <= pn_momentum <= 1:
-            raise ValueError(f"`pn_momentum` must be in [0, 1]. Received: pn_momentum={pn_momentum!r}")
-        if isinstance(pn_epsilon, bool) or not isinstance(pn_epsilon, numbers.Real) or not pn_epsilon > 0:
-            raise ValueError(f"`pn_epsilon` must be > 0. Received: pn_epsilon={pn_epsilon!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-        try:
-            self.output_activation = None if output_activation is None else keras.activations.get(output_activation)
-        except ValueError as error:
-            raise ValueError("`output_activation` must be None or a Keras activation. "
-                             f"Received: output_activation={output_activation!r}") from error
-        self.num_domains = int(num_domains)
-        self.partitioned_norm = partitioned_norm
-        self.pn_momentum = float(pn_momentum)
-        self.pn_epsilon = float(pn_epsilon)
-        self.dropout = float(dropout)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self._dropout = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
+        super().__init__(num_domains, dropout=dropout, output_activation=output_activation,
+                         kernel_initializer=kernel_initializer, kernel_regularizer=kernel_regularizer, **kwargs)
+        self.units = check_units("units", units)
+        self.aux_units = check_units("aux_units", aux_units, allow_empty=True)
+        self.partitioned_norm = check_bool("partitioned_norm", partitioned_norm)
+        self.pn_momentum = check_real("pn_momentum", pn_momentum, 0, 1)
+        self.pn_epsilon = check_real("pn_epsilon", pn_epsilon, 0, low_open=True)
         self._pn = DomainBatchNormalization(self.num_domains, momentum=self.pn_momentum, epsilon=self.pn_epsilon,
                                             center=False, scale=False, name="pn_statistics",
                                             dtype=self.dtype_policy) if partitioned_norm else None
 
-    def _kernel(self, name, shape):
-        """A shared / auxiliary kernel from a fresh copy of `kernel_initializer` (seed + 1000 n when seeded: an
-        initialiser instance gives the same values on every call)."""
-        init = self.kernel_initializer
-        if isinstance(init, keras.initializers.Initializer):
-            config = init.get_config()
-            self._kernels_made = getattr(self, "_kernels_made", 0) + 1
-            if config.get("seed") is not None:
-                config["seed"] += 1000 * self._kernels_made
-            init = type(init).from_config(config)
-        return self.add_weight(name=name, shape=shape, initializer=init, regularizer=self.kernel_regularizer)
+    @property
+    def output_dim(self):
+        return self.units[-1]
 
     def _weight(self, name, shape, initializer):
         return self.add_weight(name=name, shape=shape, initializer=initializer)
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 3:
-            raise ValueError("STARBackbone expects inputs [x, domain, domain_embedding]. "
-                             f"Received: input_shape={input_shape}")
-        x_shape, emb_shape = tf.TensorShape(input_shape[0]), tf.TensorShape(input_shape[2])
-        if x_shape.rank != 2 or x_shape[-1] is None:
-            raise ValueError(f"`x` must be [batch, features] with known features. Received: x.shape={x_shape}")
-        if emb_shape.rank != 2 or emb_shape[-1] is None:
-            raise ValueError("`domain_embedding` must be [batch, e] with known e. "
-                             f"Received: domain_embedding.shape={emb_shape}")
-        D, fan_in = self.num_domains, int(x_shape[-1])
+        D, fan_in = self.num_domains, self._features(input_shape)
+        emb_dim = last_dim("domain_embedding", input_shape[2], "[batch, e]")
+        kernel = Kernels(self, self.kernel_initializer, self.kernel_regularizer)  # the shared and auxiliary kernels
         if self._pn is not None:
             with tf.name_scope(self._pn.name):  # as Keras does for a sublayer built on its first call
                 self._pn.build([tf.TensorShape([None, fan_in]), tf.TensorShape([None])])
@@ -157,22 +111,18 @@ class STARBackbone(keras.layers.Layer):
             self.pn_domain_beta = self._weight("pn_domain_beta", (D, fan_in), "zeros")
         self.shared_kernels, self.shared_biases, self.domain_kernels, self.domain_biases = [], [], [], []
         for i, units in enumerate(self.units):
-            self.shared_kernels.append(self._kernel(f"shared_kernel_{i}", (fan_in, units)))
+            self.shared_kernels.append(kernel(f"shared_kernel_{i}", (fan_in, units)))
             self.shared_biases.append(self._weight(f"shared_bias_{i}", (units,), "zeros"))
             self.domain_kernels.append(self._weight(f"domain_kernel_{i}", (D, fan_in, units), "ones"))
             self.domain_biases.append(self._weight(f"domain_bias_{i}", (D, units), "zeros"))
             fan_in = units
         self.aux_kernels, self.aux_biases = [], []
-        fan_in = int(emb_shape[-1])
+        fan_in = emb_dim
         for i, units in enumerate(self.aux_units + self.units[-1:]):
-            self.aux_kernels.append(self._kernel(f"aux_kernel_{i}", (fan_in, units)))
+            self.aux_kernels.append(kernel(f"aux_kernel_{i}", (fan_in, units)))
             self.aux_biases.append(self._weight(f"aux_bias_{i}", (units,), "zeros"))
             fan_in = units
         super().build(input_shape)
-
-    def _hidden(self, z, training):
-        h = tf.nn.relu(z)
-        return self._dropout(h, training=training) if self.dropout else h
 
     def call(self, inputs, training=None):
         x, domain, emb = inputs
@@ -186,8 +136,7 @@ class STARBackbone(keras.layers.Layer):
         last = len(self.units) - 1
         for i in range(len(self.units)):  # star FC: (W_shared * W_d) h + b_shared + b_d
             kernel = self.shared_kernels[i][None] * self.domain_kernels[i]  # [D, in, out]
-            h = tf.einsum("bi,dio->bdo", h, kernel) + self.domain_biases[i]
-            h = tf.gather(h, index, axis=1, batch_dims=1) + self.shared_biases[i]
+            h = per_domain_dense(h, kernel, self.domain_biases[i], index) + self.shared_biases[i]
             if i < last:
                 h = self._hidden(h, training)
         a = emb  # auxiliary network over the domain embedding, added to the main output
@@ -195,26 +144,11 @@ class STARBackbone(keras.layers.Layer):
             a = tf.matmul(a, kernel) + bias
             if i < len(self.aux_kernels) - 1:
                 a = self._hidden(a, training)
-        h = h + a
-        return h if self.output_activation is None else self.output_activation(h)
-
-    def compute_output_shape(self, input_shape):
-        return tf.TensorShape([tf.TensorShape(input_shape[0])[0], self.units[-1]])
+        return self._output(h + a)
 
     def get_config(self):
         config = super().get_config()
-        config.update({
-            "num_domains": self.num_domains,
-            "units": list(self.units),
-            "aux_units": list(self.aux_units),
-            "partitioned_norm": self.partitioned_norm,
-            "pn_momentum": self.pn_momentum,
-            "pn_epsilon": self.pn_epsilon,
-            "dropout": self.dropout,
-            "output_activation": None if self.output_activation is None
-            else keras.activations.serialize(self.output_activation),
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": None if self.kernel_regularizer is None
-            else keras.regularizers.serialize(self.kernel_regularizer),
-        })
+        config.update({"units": list(self.units), "aux_units": list(self.aux_units),
+                       "partitioned_norm": self.partitioned_norm, "pn_momentum": self.pn_momentum,
+                       "pn_epsilon": self.pn_epsilon})
         return config

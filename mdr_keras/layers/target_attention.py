@@ -7,11 +7,12 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.domains import is_int as _is_int
-from mdr_keras.layers.psrg import fresh_initializer
+from mdr_keras.layers.plumbing import (Kernels, check_activation, check_bool, check_choice, check_int, check_units,
+                                       input_list, input_shapes, kernel_config, last_dim)
 
 MODES = ("mha", "din")
 NORMALIZATIONS = (None, "softmax", "none")
+INPUTS = ("queries", "sequence", "mask")  # the mask may be left out
 
 
 @keras.utils.register_keras_serializable(package="mdr")
@@ -80,70 +81,39 @@ class TargetAttention(keras.layers.Layer):
                  hidden_units=(80, 40), activation="sigmoid", normalization=None,
                  kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}. Received: mode={mode!r}")
-        if not _is_int(num_heads) or num_heads < 1:
-            raise ValueError(f"`num_heads` must be a positive int. Received: num_heads={num_heads!r}")
-        for name, value in (("head_dim", head_dim), ("output_units", output_units)):
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(f"`{name}` must be None or a positive int. Received: {name}={value!r}")
-        if not isinstance(use_bias, bool):
-            raise ValueError(f"`use_bias` must be a bool. Received: use_bias={use_bias!r}")
-        if not isinstance(hidden_units, (list, tuple)) or not hidden_units or \
-                not all(_is_int(u) and u > 0 for u in hidden_units):
-            raise ValueError("`hidden_units` must be a non-empty list of positive ints. "
-                             f"Received: hidden_units={hidden_units!r}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(f"`normalization` must be one of {NORMALIZATIONS}. "
-                             f"Received: normalization={normalization!r}")
-        try:
-            self.activation = keras.activations.get(activation)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Unknown `activation`. Received: activation={activation!r}") from error
-        self.mode = mode
-        self.num_heads = int(num_heads)
-        self.head_dim = None if head_dim is None else int(head_dim)
-        self.output_units = None if output_units is None else int(output_units)
-        self.use_bias = use_bias
-        self.hidden_units = [int(u) for u in hidden_units]
-        self.normalization = normalization
+        self.mode = check_choice("mode", mode, MODES)
+        self.num_heads = check_int("num_heads", num_heads)
+        self.head_dim = check_int("head_dim", head_dim, none_ok=True)
+        self.output_units = check_int("output_units", output_units, none_ok=True)
+        self.use_bias = check_bool("use_bias", use_bias)
+        self.hidden_units = check_units("hidden_units", hidden_units)
+        self.normalization = check_choice("normalization", normalization, NORMALIZATIONS)
+        self.activation = check_activation("activation", activation)
         self._softmax = normalization == "softmax" or (normalization is None and mode == "mha")
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     # ---------------------------------------------------------------- build
-    @staticmethod
-    def _split_shapes(input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) not in (2, 3):
-            raise ValueError("TargetAttention expects inputs [queries, sequence, mask] or [queries, sequence]. "
-                             f"Received: input_shape={input_shape}")
-        return [tf.TensorShape(s) for s in input_shape]
-
-    def _kernel(self, name, shape):
-        self._kernels_made = getattr(self, "_kernels_made", 0) + 1
-        return self.add_weight(name=name, shape=shape, regularizer=self.kernel_regularizer,
-                               initializer=fresh_initializer(self.kernel_initializer, self._kernels_made))
-
     def _bias(self, name, shape):
         return self.add_weight(name=name, shape=shape, initializer="zeros")
 
     def build(self, input_shape):
-        q_shape, seq_shape = self._split_shapes(input_shape)[:2]
-        if seq_shape.rank != 3 or seq_shape[-1] is None:
-            raise ValueError(f"`sequence` must be [B, T, d_S] with known d_S. Received: sequence.shape={seq_shape}")
+        q_shape, seq_shape = input_shapes(self, input_shape, INPUTS, optional=1)[:2]
+        d_s = last_dim("sequence", seq_shape, "[B, T, d_S]")
         if q_shape.rank not in (2, 3) or q_shape[-1] is None:
             raise ValueError("`queries` must be [B, d_Q] or [B, T, d_Q] with known d_Q. "
                              f"Received: queries.shape={q_shape}")
-        d_q, d_s = int(q_shape[-1]), int(seq_shape[-1])
+        d_q = int(q_shape[-1])
+        kernel = Kernels(self, self.kernel_initializer, self.kernel_regularizer)
         if self.mode == "mha":
             if self.head_dim is None and d_s % self.num_heads:
                 raise ValueError(f"With `head_dim=None`, `num_heads` must divide d_S={d_s}. "
                                  f"Received: num_heads={self.num_heads}")
             heads, dim = self.num_heads, self.head_dim or d_s // self.num_heads
             self._head_dim = dim
-            self.query_kernel = self._kernel("query_kernel", (d_q, heads, dim))
-            self.key_kernel = self._kernel("key_kernel", (d_s, heads, dim))
-            self.value_kernel = self._kernel("value_kernel", (d_s, heads, dim))
+            self.query_kernel = kernel("query_kernel", (d_q, heads, dim))
+            self.key_kernel = kernel("key_kernel", (d_s, heads, dim))
+            self.value_kernel = kernel("value_kernel", (d_s, heads, dim))
             if self.use_bias:
                 self.query_bias, self.key_bias, self.value_bias = (
                     self._bias(f"{n}_bias", (heads, dim)) for n in ("query", "key", "value"))
@@ -155,13 +125,13 @@ class TargetAttention(keras.layers.Layer):
             self.unit_kernels, self.unit_biases = [], []
             fan_in = 4 * d_s
             for i, units in enumerate(self.hidden_units + [1]):
-                self.unit_kernels.append(self._kernel(f"unit_kernel_{i}", (fan_in, units)))
+                self.unit_kernels.append(kernel(f"unit_kernel_{i}", (fan_in, units)))
                 self.unit_biases.append(self._bias(f"unit_bias_{i}", (units,)))
                 fan_in = units
             pooled = d_s
         self._pooled_dim = pooled
         if self.output_units is not None:
-            self.output_kernel = self._kernel("output_kernel", (pooled, self.output_units))
+            self.output_kernel = kernel("output_kernel", (pooled, self.output_units))
             self.output_bias = self._bias("output_bias", (self.output_units,)) if self.use_bias else None
         super().build(input_shape)
 
@@ -179,9 +149,7 @@ class TargetAttention(keras.layers.Layer):
         return tf.cast(weights, self.compute_dtype)
 
     def call(self, inputs, training=None, return_attention_scores=False):
-        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
-            raise ValueError("TargetAttention expects inputs [queries, sequence, mask] or [queries, sequence]. "
-                             f"Received: inputs={inputs!r}")
+        inputs = input_list(self, inputs, INPUTS, optional=1)
         queries = tf.cast(tf.convert_to_tensor(inputs[0]), self.compute_dtype)
         seq = tf.cast(tf.convert_to_tensor(inputs[1]), self.compute_dtype)
         if len(inputs) == 3 and inputs[2] is not None:
@@ -223,7 +191,7 @@ class TargetAttention(keras.layers.Layer):
         return pooled
 
     def compute_output_shape(self, input_shape):
-        q_shape, seq_shape = self._split_shapes(input_shape)[:2]
+        seq_shape = input_shapes(self, input_shape, INPUTS, optional=1)[1]
         if self.output_units is not None:
             width = self.output_units
         elif self.mode == "din":
@@ -243,8 +211,6 @@ class TargetAttention(keras.layers.Layer):
             "hidden_units": list(self.hidden_units),
             "activation": keras.activations.serialize(self.activation),
             "normalization": self.normalization,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer)
-            if self.kernel_regularizer is not None else None,
+            **kernel_config(self),
         })
         return config

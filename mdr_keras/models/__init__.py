@@ -1,1 +1,1 @@
-"""Models of mdr: towers, retrieval and ranking models wiring encoders, embeddings, backbones and tasks."""
+"""Models of mdr: retrieval and ranking models wiring encoders, embeddings, towers, backbones and tasks."""

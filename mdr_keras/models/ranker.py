@@ -26,34 +26,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Sequence
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 from mdr_keras.layers.domain_batch_norm import DomainBatchNormalization
+from mdr_keras.layers.domain_fusion_gate import WEIGHT_FUSIONS
 from mdr_keras.layers.dsfs import DomainSensitiveFeatureSelection
 from mdr_keras.layers.feature_encoder import FeatureEncoder
 from mdr_keras.layers.pcrg import MultiQueryGenerator
+from mdr_keras.layers.plumbing import check_bool, check_choice, check_int, check_real, check_units
 from mdr_keras.layers.psrg import PersonalizedSequenceRepresentation
 from mdr_keras.layers.target_attention import TargetAttention
 from mdr_keras.losses.domain_balance import DomainBalance, weighted_bce
-from mdr_keras.models.retrieval import embedding_for
+from mdr_keras.models.backbones import make_backbone
+from mdr_keras.models.parts import embedding_for, parts_config, with_parts
 
 RANKER_MODELS = ("ranker", "dnn", "din", "mha", "shared-bottom", "mmoe", "ple", "star", "ranker-no-pcrg",
                  "ranker-no-pcrg-psrg", "ranker-no-dbo", "ranker-no-dsfs")
 BACKBONE_MODELS = ("shared-bottom", "mmoe", "ple", "star")
-FUSIONS = ("mul", "sum")
 POOLINGS = ("mean", "din")
-LOGLOSS_EPSILON = 1e-7
-
-
-def _units(name, value, allow_empty=False):
-    if isinstance(value, (list, tuple)) and (value or allow_empty) and \
-            all(isinstance(u, int) and not isinstance(u, bool) and u > 0 for u in value):
-        return tuple(int(u) for u in value)
-    raise ValueError(f"`{name}` must be a {'' if allow_empty else 'non-empty '}list of positive ints. "
-                     f"Received: {name}={value!r}")
 
 
 @dataclasses.dataclass
@@ -97,6 +89,7 @@ class RankerConfig:
         num_experts, expert_units: MMoE's experts; PLE has one shared and one specific expert per
             domain of `expert_units`.
         star_units, star_aux_units: STAR's star-topology network and auxiliary network.
+        star_partitioned_norm: STAR's partitioned normalization of its input (off: ablation).
     """
 
     embedding_dim: int = 16
@@ -130,33 +123,24 @@ class RankerConfig:
     expert_units: Sequence[int] = (200,)
     star_units: Sequence[int] = (200, 80)
     star_aux_units: Sequence[int] = (32,)
+    star_partitioned_norm: bool = True
 
     def __post_init__(self):
         for name in ("embedding_dim", "attention_heads", "chunk_size", "psrg_hidden", "pcrg_hidden", "dsfs_units",
                      "dsfs_field_units", "num_experts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={value!r}")
-        for name in ("din_units", "bottom_units", "tower_units", "expert_units", "star_units", "star_aux_units"):
-            setattr(self, name, _units(name, getattr(self, name)))
-        self.mlp_units = _units("mlp_units", self.mlp_units, allow_empty=True)
-        self.dsfs_gate_units = _units("dsfs_gate_units", self.dsfs_gate_units, allow_empty=True)
-        if not self.l2 >= 0:
-            raise ValueError(f"`l2` must be >= 0. Received: l2={self.l2!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={self.dropout!r}")
-        if not self.eta > 0:
-            raise ValueError(f"`eta` must be > 0. Received: eta={self.eta!r}")
-        if not 0 <= self.bn_momentum <= 1:
-            raise ValueError(f"`bn_momentum` must be in [0, 1]. Received: bn_momentum={self.bn_momentum!r}")
-        if self.dsfs_fusion not in FUSIONS:
-            raise ValueError(f"`dsfs_fusion` must be one of {FUSIONS}. Received: dsfs_fusion={self.dsfs_fusion!r}")
-        if self.sequence_pooling not in POOLINGS:
-            raise ValueError(f"`sequence_pooling` must be one of {POOLINGS}. "
-                             f"Received: sequence_pooling={self.sequence_pooling!r}")
-        for name in ("dsbn", "d3_head"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"`{name}` must be a bool. Received: {name}={getattr(self, name)!r}")
+            check_int(name, getattr(self, name))
+        for name in ("din_units", "bottom_units", "tower_units", "expert_units", "star_units", "star_aux_units",
+                     "mlp_units", "dsfs_gate_units"):  # tuples: JSON gives lists
+            setattr(self, name, tuple(check_units(name, getattr(self, name),
+                                                  allow_empty=name in ("mlp_units", "dsfs_gate_units"))))
+        check_real("l2", self.l2, 0)
+        check_real("dropout", self.dropout, 0, 1, high_open=True)
+        check_real("eta", self.eta, 0, low_open=True)
+        check_real("bn_momentum", self.bn_momentum, 0, 1)
+        check_choice("dsfs_fusion", self.dsfs_fusion, WEIGHT_FUSIONS)
+        check_choice("sequence_pooling", self.sequence_pooling, POOLINGS)
+        for name in ("dsbn", "d3_head", "star_partitioned_norm"):
+            check_bool(name, getattr(self, name))
         self.domain_balance()  # DomainBalance checks the DBO fields (and names them)
 
     def domain_balance(self) -> DomainBalance:
@@ -254,19 +238,15 @@ class RankerModel(keras.Model):
     _LAYERS = ("encoder", "embedding", "psrg", "pcrg", "attention", "backbone", "dsfs")
 
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable,
-                  "features": {k: list(v) for k, v in self.features.items()},  # plain, not Keras' tracking wrappers
-                  "num_domains": self.num_domains,
-                  "balance": dataclasses.asdict(self.balance) if self.balance is not None else None,
-                  **self._mlp_config}
-        config.update({k: keras.saving.serialize_keras_object(getattr(self, k)) for k in self._LAYERS})
-        return config
+        return {"name": self.name, "trainable": self.trainable,
+                "features": {k: list(v) for k, v in self.features.items()},  # plain, not Keras' tracking wrappers
+                "num_domains": self.num_domains,
+                "balance": dataclasses.asdict(self.balance) if self.balance is not None else None,
+                **self._mlp_config, **parts_config(self, self._LAYERS)}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for k in cls._LAYERS:
-            config[k] = keras.saving.deserialize_keras_object(config[k])  # None (an absent part) stays None
+        config = with_parts(config, cls._LAYERS)
         if config["balance"] is not None:
             config["balance"] = DomainBalance(**config["balance"])
         return cls(**config)
@@ -415,8 +395,8 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
     elif model == "din" or (model in BACKBONE_MODELS and c.sequence_pooling == "din"):
         attention = TargetAttention("din", hidden_units=list(c.din_units), name="target_attention")
     mlp_units = c.mlp_units
-    if model in BACKBONE_MODELS:
-        backbone = _backbone(model, D, c)
+    if model in BACKBONE_MODELS:  # ending in a ReLU layer, which `Dense(1)` or DSFS reads
+        backbone = make_backbone(model, D, c, output_activation="relu", name="backbone")
         mlp_units = ()  # the backbone is the network; Dense(1) (after DSFS with the D3 head) on top
     d3 = model in ("ranker", "ranker-no-pcrg", "ranker-no-pcrg-psrg", "ranker-no-dbo") or (not ranker and c.d3_head)
     dsfs = DomainSensitiveFeatureSelection(c.dsfs_units, field_units=c.dsfs_field_units, fusion=c.dsfs_fusion,
@@ -425,92 +405,3 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
     return RankerModel(encoder, embedding, f, D, psrg=psrg, pcrg=pcrg, attention=attention, backbone=backbone,
                        dsfs=dsfs, balance=balance, mlp_units=mlp_units, dropout=c.dropout, dsbn=c.dsbn,
                        bn_momentum=c.bn_momentum, name=model.replace("-", "_"))
-
-
-def _backbone(model: str, num_domains: int, c: RankerConfig):
-    """A multi-domain baseline backbone ending in a ReLU layer (`Dense(1)` or DSFS reads it)."""
-    common = dict(dropout=c.dropout, output_activation="relu", name="backbone")
-    if model == "shared-bottom":
-        from mdr_keras.layers.shared_bottom import SharedBottomBackbone
-
-        return SharedBottomBackbone(num_domains, bottom_units=list(c.bottom_units), tower_units=list(c.tower_units),
-                                    **common)
-    if model == "mmoe":
-        from mdr_keras.layers.mmoe import MMoEBackbone
-
-        return MMoEBackbone(num_domains, num_experts=c.num_experts, expert_units=list(c.expert_units),
-                            tower_units=list(c.tower_units), **common)
-    if model == "ple":
-        from mdr_keras.layers.ple import PLEBackbone
-
-        return PLEBackbone(num_domains, num_levels=1, num_shared_experts=1, num_specific_experts=1,
-                           expert_units=list(c.expert_units), tower_units=list(c.tower_units), **common)
-    from mdr_keras.layers.star import STARBackbone
-
-    return STARBackbone(num_domains, units=list(c.star_units), aux_units=list(c.star_aux_units),
-                        pn_momentum=c.bn_momentum, **common)
-
-
-# -------------------------------------------------------------------- evaluation
-def binary_auc(labels, scores) -> float:
-    """Exact ROC AUC: the probability that a random positive scores above a random negative, ties
-    counting 1/2 (Mann-Whitney U from average ranks). NaN when a class is absent."""
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    positives = int(labels.sum())
-    negatives = labels.size - positives
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    # 1-based rank of each distinct score, averaged over its ties: the ranks c - n + 1 .. c share (2c - n + 1) / 2.
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[inverse]
-    u = ranks[labels].sum() - positives * (positives + 1) / 2.0
-    return float(u / (positives * negatives))
-
-
-def binary_logloss(labels, probabilities, epsilon: float = LOGLOSS_EPSILON) -> float:
-    """Mean binary cross-entropy, probabilities clipped to [epsilon, 1 - epsilon]."""
-    y = np.asarray(labels, dtype=np.float64).reshape(-1)
-    p = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), epsilon, 1.0 - epsilon)
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p))) if y.size else float("nan")
-
-
-def _summary(labels, probabilities) -> Dict[str, float]:
-    return {"auc": binary_auc(labels, probabilities), "logloss": binary_logloss(labels, probabilities),
-            "rows": int(len(labels)), "ctr": float(np.mean(labels)) if len(labels) else float("nan")}
-
-
-def evaluate_ranker(model: RankerModel, data_dir: str, split: str = "eval", batch_size: int = 2048
-                    ) -> Dict[str, Dict]:
-    """Per-domain and overall AUC and logloss of `model` on `split` of `data_dir`.
-
-    AUC is exact (`binary_auc`, ties averaged), logloss clips probabilities to [1e-7, 1 - 1e-7];
-    both use the unweighted predictions (no DBO). A domain without rows of one class has AUC NaN.
-
-    Returns:
-        {'per_domain': {domain: {'auc', 'logloss', 'rows', 'ctr'}}, 'overall': {...}}
-    """
-    from mdr_keras import data
-
-    spec = fs.FeatureSpec.load(data_dir)
-    predict = tf.function(lambda batch: model(batch, training=False)["probability"], reduce_retracing=True)
-    labels, probs, domains = [], [], []
-    for batch in data.make_dataset(data_dir, split, batch_size, spec=spec):
-        probs.append(predict(batch).numpy())
-        labels.append(batch[fs.LABEL].numpy().reshape(-1))
-        domains.append(batch[fs.DOMAIN].numpy().reshape(-1))
-    labels, probs, domains = (np.concatenate(a) if a else np.zeros(0) for a in (labels, probs, domains))
-    per_domain = {}
-    for d in spec.domains:
-        rows = domains == d.encode()
-        if rows.any():
-            per_domain[d] = _summary(labels[rows], probs[rows])
-    return {"per_domain": per_domain, "overall": _summary(labels, probs)}
-
-
-def auc_improvement(auc: float, base_auc: float) -> float:
-    """ADS eq. 14, as a fraction: `(auc - 0.5) / (base_auc - 0.5) - 1` (0.0114 = the paper's "+1.14%")."""
-    if not base_auc > 0.5:
-        return float("nan")  # a baseline at chance has no lift to compare with
-    return (auc - 0.5) / (base_auc - 0.5) - 1.0

@@ -12,16 +12,16 @@ device. The loss is divided by the number of replicas so summed gradients equal 
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras import feature_spec as fs
-from mdr_keras.layers.embedding import SharedEmbedding
+from mdr_contract import feature_spec as fs
 from mdr_keras.layers.feature_encoder import FeatureEncoder
-from mdr_keras.models.towers import MLPBackbone, Tower
+from mdr_keras.layers.towers import Tower
+from mdr_keras.models.backbones import make_backbone
+from mdr_keras.models.parts import embedding_for, parts_config, with_parts
 from mdr_keras.tasks.retrieval import SampledSoftmaxRetrieval
 
 RETRIEVAL_MODELS = ("adi", "dnn", "dnn-domain", "dnn-single", "shared-bottom", "cross-stitch", "mmoe", "ple", "star")
@@ -99,66 +99,6 @@ def tower_features(spec: fs.FeatureSpec) -> Tuple[List[str], List[str], List[str
     return user, seq, item
 
 
-def embedding_for(encoder: FeatureEncoder, names: Sequence[str], dim: int, l2: float,
-                  name: str = "shared_embedding") -> SharedEmbedding:
-    """A SharedEmbedding with one table per vocabulary (and per numeric feature) of `names`."""
-    tables, features = {}, {}
-    for feature in names:
-        f = encoder.feature(feature)
-        if f.vocab_from == fs.DOMAIN:
-            table = feature
-        elif f.kind in (fs.KIND_CATEGORICAL, fs.KIND_CATEGORICAL_LIST):
-            table = f.vocab_from or f.name
-        else:
-            table = f.name
-        tables[table] = encoder.input_dim(feature)
-        mode = "sequence" if f.role == fs.ROLE_SEQUENCE else "pooled" if f.is_list else "scalar"
-        features[feature] = [table, mode]
-    return SharedEmbedding(tables, features, dim=dim, l2=l2, name=name)
-
-
-def make_backbone(model: str, num_domains: int, config: RetrievalConfig, name: str):
-    """The backbone of one tower of `model`; every tower ends in `tower_units[-1]` dims."""
-    c, out = config, list(config.tower_units)
-    if model in ("dnn", "dnn-domain", "dnn-single"):
-        return MLPBackbone(list(c.dnn_units[:-1]) + out[-1:], dropout=c.dropout, name=name)
-    if model == "adi":
-        from mdr_keras.layers.adi_backbone import ADIBackbone
-
-        return ADIBackbone(num_domains=num_domains, num_shared=c.num_shared, shared_units=list(c.shared_units),
-                           specific_units=list(c.specific_units), forward_units=out, fusion=c.fusion,
-                           dsbn=c.dsbn, bn_momentum=c.bn_momentum, attention=c.attention,
-                           attention_placement=c.attention_placement, name=name)
-    if model == "shared-bottom":
-        from mdr_keras.layers.shared_bottom import SharedBottomBackbone
-
-        return SharedBottomBackbone(num_domains, bottom_units=list(c.bottom_units), tower_units=out,
-                                    dropout=c.dropout, name=name)
-    if model == "cross-stitch":
-        from mdr_keras.layers.cross_stitch import CrossStitchBackbone
-
-        return CrossStitchBackbone(num_domains, units=list(c.stitch_units[:-1]) + out[-1:], dropout=c.dropout,
-                                   name=name)
-    if model == "mmoe":
-        from mdr_keras.layers.mmoe import MMoEBackbone
-
-        return MMoEBackbone(num_domains, num_experts=c.num_experts, expert_units=list(c.expert_units),
-                            tower_units=out, dropout=c.dropout, name=name)
-    if model == "ple":
-        from mdr_keras.layers.ple import PLEBackbone
-
-        return PLEBackbone(num_domains, num_levels=1, num_shared_experts=1, num_specific_experts=1,
-                           expert_units=list(c.expert_units), tower_units=out, dropout=c.dropout, name=name)
-    if model == "star":
-        from mdr_keras.layers.star import STARBackbone
-
-        return STARBackbone(num_domains, units=list(c.star_units[:-1]) + out[-1:],
-                            aux_units=list(c.star_aux_units), partitioned_norm=c.star_partitioned_norm,
-                            pn_momentum=c.bn_momentum, dropout=c.dropout,
-                            name=name)
-    raise ValueError(f"Unknown retrieval model. Received: model={model!r}; expected one of {RETRIEVAL_MODELS}")
-
-
 class RetrievalModel(keras.Model):
     """Encoder, shared embedding, user and item towers and the retrieval task, wired together.
 
@@ -196,17 +136,13 @@ class RetrievalModel(keras.Model):
     _LAYERS = ("encoder", "embedding", "user_tower", "item_tower", "task")
 
     def get_config(self):
-        config = {"name": self.name, "trainable": self.trainable, "domains": list(self.domains),
-                  "self_training": list(self.self_training) if self.self_training else None}
-        config.update({k: keras.saving.serialize_keras_object(getattr(self, k)) for k in self._LAYERS})
-        return config
+        return {"name": self.name, "trainable": self.trainable, "domains": list(self.domains),
+                "self_training": list(self.self_training) if self.self_training else None,
+                **parts_config(self, self._LAYERS)}
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        for k in cls._LAYERS:
-            config[k] = keras.saving.deserialize_keras_object(config[k])
-        return cls(**config)
+        return cls(**with_parts(config, cls._LAYERS))
 
     def _embed(self, raw):
         idx = self.encoder(raw)
@@ -373,11 +309,15 @@ def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: Retr
     self_training = ((config.self_training_p, config.self_training_delta, config.self_training_max)
                      if config.self_training else None)
 
+    def backbone(name):  # every tower ends in `tower_units[-1]` dims; dnn, dnn-domain, dnn-single: an MLP
+        return make_backbone("dnn" if model.startswith("dnn") else model, spec.num_domains, config,
+                             output_units=config.tower_units[-1], name=name)
+
     def towers(suffix=""):
-        return (Tower(user, seq, make_backbone(model, spec.num_domains, config, "user_backbone" + suffix),
-                      domain_feature=domain_feature, name="user_tower" + suffix),
-                Tower(item, (), make_backbone(model, spec.num_domains, config, "item_backbone" + suffix),
-                      domain_feature=domain_feature, name="item_tower" + suffix))
+        return (Tower(user, seq, backbone("user_backbone" + suffix), domain_feature=domain_feature,
+                      name="user_tower" + suffix),
+                Tower(item, (), backbone("item_backbone" + suffix), domain_feature=domain_feature,
+                      name="item_tower" + suffix))
 
     if model == "dnn-single":
         parts = [(embedding_for(encoder, names, config.embedding_dim, config.l2, name=f"embedding_{d}"),
@@ -387,70 +327,3 @@ def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: Retr
     return RetrievalModel(encoder, embedding_for(encoder, names, config.embedding_dim, config.l2), *towers(), task,
                           domains=spec.domains, self_training=self_training,
                           name=f"{model.replace('-', '_')}_retrieval")
-
-
-def evaluate_recall(model: RetrievalModel, data_dir: str, split: str = "eval", ks: Sequence[int] = (10, 50),
-                    batch_size: int = 2048, sampled_negatives: int = 100, seed: int = 0
-                    ) -> Dict[str, Dict[str, float]]:
-    """Per-domain and overall Recall@K, over each domain's full item corpus and over sampled candidates.
-
-    Each positive row of `split` is a query: its user embedding (in its domain) is scored against
-    the item tower's embedding of every item of that domain's corpus (exact search).
-      - `recall@K`: the row's item ranks in the top K of the whole corpus of its domain.
-      - `sampled_recall@K` (the sampled-candidates protocol): the row's item ranks in the top K
-        among itself and `sampled_negatives` other items of the domain drawn uniformly (seeded).
-    Rows whose item is not in the domain's corpus count as misses.
-
-    Returns:
-        {'per_domain': {domain: {'recall@K': r, 'sampled_recall@K': r, 'queries': n}}, 'overall': {...}}
-    """
-    from mdr_keras import data
-
-    spec = fs.FeatureSpec.load(data_dir)
-    rng = np.random.default_rng(seed)
-    item_ids, item_dom, item_emb = [], [], []
-    for batch in data.make_dataset(data_dir, data.ITEMS, batch_size, spec=spec):
-        item_ids.append(batch[fs.ITEM_ID].numpy())
-        item_dom.append(batch[fs.DOMAIN].numpy())
-        item_emb.append(model.item_embedding(batch).numpy())
-    item_ids, item_dom, item_emb = map(np.concatenate, (item_ids, item_dom, item_emb))
-    q_ids, q_dom, q_emb = [], [], []
-    for batch in data.make_dataset(data_dir, split, batch_size, spec=spec):
-        positive = tf.equal(batch[fs.LABEL], 1)
-        if not bool(tf.reduce_any(positive)):
-            continue
-        batch = {k: tf.boolean_mask(v, positive) for k, v in batch.items()}  # embed the queries only
-        q_ids.append(batch[fs.ITEM_ID].numpy())
-        q_dom.append(batch[fs.DOMAIN].numpy())
-        q_emb.append(model.user_embedding(batch).numpy())
-    q_ids, q_dom, q_emb = map(np.concatenate, (q_ids, q_dom, q_emb))
-    names = [f"recall@{k}" for k in ks] + [f"sampled_recall@{k}" for k in ks]
-    per_domain, hits_all = {}, {n: 0 for n in names}
-    for d in spec.domains:
-        cand = item_dom == d.encode()
-        rows = q_dom == d.encode()
-        if not rows.any():
-            continue
-        scores = q_emb[rows] @ item_emb[cand].T
-        index = {iid: j for j, iid in enumerate(item_ids[cand])}
-        target = np.array([index.get(i, -1) for i in q_ids[rows]])
-        found = target >= 0
-        pos_score = np.where(found, scores[np.arange(len(target)), np.maximum(target, 0)], np.inf)
-        rank = (scores > pos_score[:, None]).sum(axis=1)
-        # Sampled protocol: S of the corpus' other items per query, uniform with replacement (the corpus
-        # may hold fewer than S items); a draw equal to the target is moved to the next item.
-        corpus = scores.shape[1]
-        draws = rng.integers(corpus, size=(len(target), sampled_negatives))
-        if corpus > 1:
-            draws = np.where(draws == target[:, None], (draws + 1) % corpus, draws)
-        sampled_rank = (np.take_along_axis(scores, draws, axis=1) > pos_score[:, None]).sum(axis=1)
-        result = {"queries": int(rows.sum()), "corpus": int(corpus)}
-        for k in ks:
-            for name, r in ((f"recall@{k}", rank), (f"sampled_recall@{k}", sampled_rank)):
-                hit = found & (r < k)
-                result[name] = float(hit.mean())
-                hits_all[name] += int(hit.sum())
-        per_domain[d] = result
-    n = sum(r["queries"] for r in per_domain.values())
-    overall = {"queries": n, **{name: hits_all[name] / max(n, 1) for name in names}}
-    return {"per_domain": per_domain, "overall": overall}

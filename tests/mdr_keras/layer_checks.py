@@ -10,8 +10,8 @@ import numpy as np
 
 _RELOAD = textwrap.dedent("""
     import importlib, json, os, sys
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import mdr_contract  # Keras 2 before TensorFlow
     import numpy as np, tf_keras
     args = json.loads(sys.argv[1])
     for m in args["modules"]:

@@ -12,7 +12,7 @@ from mdr_keras import training
 
 def mdr(*args, timeout=600):
     """`mdr ARGS` in a fresh process (its own TensorFlow, so logical CPU devices can be configured)."""
-    done = subprocess.run([sys.executable, "-m", "mdr_keras.cli", *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "mdr.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
     return done.returncode, done.stdout, done.stderr
 
@@ -121,11 +121,12 @@ def test_cli_misuse_exits_with_a_message(synthetic_data, tmp_path):
 
 _SAME_LOSS = r"""
 import json, os, sys
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import mdr_contract  # Keras 2 before TensorFlow
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-from mdr_keras import data, feature_spec as fs, training
+from mdr_contract import feature_spec as fs
+from mdr_keras import data, training
 from mdr_keras.models.retrieval import RetrievalConfig, build_retrieval_model
 
 data_dir, per_replica = sys.argv[1], 64

@@ -168,8 +168,8 @@ def test_config_round_trip_and_reload_in_a_fresh_process(tmp_path):
 
 _MIRRORED = textwrap.dedent("""
     import json, os
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import mdr_contract  # Keras 2 before TensorFlow
     import numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)

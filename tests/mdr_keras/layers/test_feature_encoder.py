@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 from mdr_keras.layers.feature_encoder import FeatureEncoder
 from tests import helpers
 from tests.mdr_keras import layer_checks

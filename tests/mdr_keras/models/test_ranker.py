@@ -1,5 +1,5 @@
 """CTR ranking models: every model builds and scores, padding is ignored, the ranker learns, DBO weights switch on,
-weights reload, exact AUC / logloss / AUC Imp. by hand, config errors."""
+weights reload, config errors."""
 import math
 
 import numpy as np
@@ -8,11 +8,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from mdr_keras import data
-from mdr_keras import feature_spec as fs
+from mdr_contract import feature_spec as fs
 from mdr_keras import training
 from mdr_keras.models import ranker as rk
-from mdr_keras.models.ranker import (RANKER_MODELS, RankerConfig, auc_improvement, binary_auc, binary_logloss,
-                                     build_ranker_model, evaluate_ranker)
+from mdr_keras.evaluation import evaluate_ranker
+from mdr_keras.models.ranker import RANKER_MODELS, RankerConfig, build_ranker_model
 
 
 def first_batch(data_dir, split="train", size=32):
@@ -217,39 +217,6 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     finally:
         keras.mixed_precision.set_global_policy(policy)
     assert p.dtype == tf.float32 and np.all(np.isfinite(p.numpy()))
-
-
-def test_binary_auc_by_hand():
-    # Positives score 0.35 and 0.8, negatives 0.1 and 0.4: of the 4 (positive, negative) pairs the positive
-    # wins (0.35, 0.1), (0.8, 0.1), (0.8, 0.4) and loses (0.35, 0.4): AUC = 3 / 4.
-    assert binary_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
-    # A tie counts 1/2: positives 0.5 and 0.9, negatives 0.5 and 0.2: pairs (0.5, 0.5) = 1/2,
-    # (0.5, 0.2) = 1, (0.9, 0.5) = 1, (0.9, 0.2) = 1 -> 3.5 / 4.
-    assert binary_auc([0, 1, 0, 1], [0.5, 0.5, 0.2, 0.9]) == pytest.approx(0.875)
-    assert binary_auc([1, 1, 0], [0.3, 0.3, 0.3]) == pytest.approx(0.5)  # all tied
-    assert math.isnan(binary_auc([1, 1], [0.2, 0.7]))  # one class only
-    # Agrees with the pairwise definition on random data with many ties.
-    rng = np.random.default_rng(0)
-    y, s = rng.integers(2, size=300), rng.integers(10, size=300) / 10
-    pos, neg = s[y == 1], s[y == 0]
-    pairs = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    assert binary_auc(y, s) == pytest.approx(pairs / (len(pos) * len(neg)))
-
-
-def test_binary_logloss_by_hand():
-    # -(ln 0.5 + ln(1 - 0.2)) / 2 = (0.693147 + 0.223144) / 2 = 0.458145
-    assert binary_logloss([1, 0], [0.5, 0.2]) == pytest.approx(0.4581454)
-    # A certain wrong prediction is clipped to 1e-7: -ln(1e-7) = 16.118096
-    assert binary_logloss([1], [0.0]) == pytest.approx(16.118096)
-
-
-def test_auc_improvement_is_ads_eq_14():
-    # ADS Table 2, Taobao, against DNN 0.6490: DeepFM (0.6503 - 0.5) / (0.6490 - 0.5) - 1 = 0.1503 / 0.1490 - 1
-    # = 0.008725 ("+0.87%"); DIN+ADS 0.1507 / 0.1490 - 1 = 0.011409 ("+1.14%").
-    assert auc_improvement(0.6503, 0.6490) == pytest.approx(0.008725, abs=1e-6)
-    assert auc_improvement(0.6507, 0.6490) == pytest.approx(0.011409, abs=1e-6)
-    assert auc_improvement(0.6490, 0.6490) == 0.0
-    assert math.isnan(auc_improvement(0.7, 0.5))
 
 
 @pytest.mark.parametrize("kwargs, message", [

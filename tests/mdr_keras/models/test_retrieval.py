@@ -4,8 +4,9 @@ import pytest
 import tf_keras as keras
 
 from mdr_keras import data
-from mdr_keras import feature_spec as fs
-from mdr_keras.models.retrieval import RetrievalConfig, build_retrieval_model, evaluate_recall
+from mdr_contract import feature_spec as fs
+from mdr_keras.evaluation import evaluate_recall
+from mdr_keras.models.retrieval import RetrievalConfig, build_retrieval_model
 
 
 def train(data_dir, model, epochs, seed=0):

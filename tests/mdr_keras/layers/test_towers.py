@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mdr_keras.models.towers import MLPBackbone, Tower
+from mdr_keras.layers.towers import MLPBackbone, Tower
 from tests.mdr_keras import layer_checks
 
 

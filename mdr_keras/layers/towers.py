@@ -6,6 +6,8 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
+from mdr_keras.layers.plumbing import check_real, check_units
+
 
 @keras.utils.register_keras_serializable(package="mdr")
 class MLPBackbone(keras.layers.Layer):
@@ -26,12 +28,8 @@ class MLPBackbone(keras.layers.Layer):
 
     def __init__(self, units: Sequence[int] = (64, 32), dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        if not units or any(u < 1 for u in units):
-            raise ValueError(f"units must be a non-empty list of positive sizes. Received: units={list(units)}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1). Received: dropout={dropout}")
-        self.units = [int(u) for u in units]
-        self.dropout = float(dropout)
+        self.units = check_units("units", units)
+        self.dropout = check_real("dropout", dropout, 0, 1, high_open=True)
         self._dense = [keras.layers.Dense(u, activation="relu" if i < len(self.units) - 1 else None,
                                           name=f"dense_{i}") for i, u in enumerate(self.units)]
         self._dropout = keras.layers.Dropout(self.dropout)
