@@ -1,6 +1,2 @@
 """mdr serving: SavedModel export, ScaNN index, TF Serving layout, embedded gRPC server and client."""
-import os
-
-# TensorFlow Recommenders refuses Keras 3: every entry point (CLI, tests, Beam workers unpickling our
-# DoFns) imports this package before TensorFlow, so the switch to Keras 2 (tf-keras) happens here.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import mdr_contract  # noqa: F401  (switches TensorFlow to Keras 2 before anything imports it)

@@ -21,7 +21,7 @@ A model server (stock TF Serving or our embedded `serving.server.ModelServer`) i
   treats every child whose name is a number as a version; anything else (`.tmp-2` being written,
   `README`) is ignored, which is what makes "write aside, then rename" an atomic publication.
 - (ours) `<version>/assets.extra/serving_checks.json`: request constraints a model declares for the
-  embedded server (`ServingChecks`; format in `serving.server`). Stock TF Serving ignores
+  embedded server (`ServingChecks`; format in `serving.request_checks`). Stock TF Serving ignores
   `assets.extra`.
 
 The dataclasses mirror the protos field for field, so a config written here is read unchanged by TF
@@ -44,9 +44,10 @@ from typing import Dict, Iterable, List, Optional, Sequence
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config import file_system_storage_path_source_pb2, model_server_config_pb2
 
+from mdr_contract import artifacts
+
 # TF Serving's defaults (--file_system_poll_wait_seconds=1 and a latest-1 policy when none is given).
 DEFAULT_POLL_SECONDS = 1.0
-SERVING_CHECKS_PATH = os.path.join("assets.extra", "serving_checks.json")
 POLICY_KINDS = ("latest", "specific", "all")
 
 
@@ -399,7 +400,7 @@ def read_batching_config(path: str) -> BatchingConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# serving_checks.json (ours; format documented in serving.server)
+# serving_checks.json (ours; format documented in serving.request_checks)
 
 
 @dataclasses.dataclass
@@ -412,11 +413,14 @@ class ServingChecks:
         max_length: input name -> the largest size of its axis 1 (the sequence axis after the
             batch axis), e.g. `{"hist_item_id": 50}`.
         max_batch_size: the largest batch (axis 0) a request may carry, or None.
+        reject_non_finite: whether NaN, +Inf and -Inf in float inputs are refused (a file without
+            the key: True).
     """
 
     allowed_values: Dict[str, List] = dataclasses.field(default_factory=dict)
     max_length: Dict[str, int] = dataclasses.field(default_factory=dict)
     max_batch_size: Optional[int] = None
+    reject_non_finite: bool = True
 
     def __post_init__(self):
         for name, values in self.allowed_values.items():
@@ -431,10 +435,13 @@ class ServingChecks:
         if self.max_batch_size is not None and (not isinstance(self.max_batch_size, int) or self.max_batch_size < 1):
             raise ValueError(f"`max_batch_size` must be an integer >= 1 or None. "
                              f"Received: max_batch_size={self.max_batch_size!r}")
+        if not isinstance(self.reject_non_finite, bool):
+            raise ValueError("`reject_non_finite` must be true or false. "
+                             f"Received: reject_non_finite={self.reject_non_finite!r}")
 
     def to_json(self) -> dict:
         out = {"allowed_values": {k: list(v) for k, v in self.allowed_values.items()},
-               "max_length": dict(self.max_length)}
+               "max_length": dict(self.max_length), "reject_non_finite": self.reject_non_finite}
         if self.max_batch_size is not None:
             out["max_batch_size"] = self.max_batch_size
         return out
@@ -443,16 +450,18 @@ class ServingChecks:
     def from_json(cls, data: dict) -> "ServingChecks":
         if not isinstance(data, dict):
             raise ValueError(f"serving checks must be a JSON object. Received: {data!r}")
-        unknown = sorted(set(data) - {"allowed_values", "max_length", "max_batch_size"})
+        unknown = sorted(set(data) - {"allowed_values", "max_length", "max_batch_size", "reject_non_finite"})
         if unknown:
-            raise ValueError(f"Unknown serving check keys {unknown}; known: allowed_values, max_length, max_batch_size")
+            raise ValueError(f"Unknown serving check keys {unknown}; known: allowed_values, max_length, "
+                             "max_batch_size, reject_non_finite")
+        # Exports written before `reject_non_finite` existed get the default: refused.
         return cls(allowed_values=dict(data.get("allowed_values", {})), max_length=dict(data.get("max_length", {})),
-                   max_batch_size=data.get("max_batch_size"))
+                   max_batch_size=data.get("max_batch_size"), reject_non_finite=data.get("reject_non_finite", True))
 
 
 def write_serving_checks(version_dir: str, checks: ServingChecks) -> None:
     """Writes `checks` to `<version_dir>/assets.extra/serving_checks.json`."""
-    path = os.path.join(version_dir, SERVING_CHECKS_PATH)
+    path = os.path.join(version_dir, artifacts.SERVING_CHECKS)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomically(path, json.dumps(checks.to_json(), indent=2, sort_keys=True) + "\n")
 
@@ -463,7 +472,7 @@ def read_serving_checks(version_dir: str) -> Optional[ServingChecks]:
     Raises:
         ValueError: on a file that is not valid JSON or not of the format.
     """
-    path = os.path.join(version_dir, SERVING_CHECKS_PATH)
+    path = os.path.join(version_dir, artifacts.SERVING_CHECKS)
     try:
         text = _read_text(path)
     except FileNotFoundError:
@@ -501,7 +510,7 @@ def write_atomically(path: str, data) -> None:
         return
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=artifacts.EXPORT_TMP_PREFIX, suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             f.write(data)

@@ -8,6 +8,7 @@
       models.docker.config     the same with base paths /models/<name>: stock TF Serving in docker with
                                export_dir mounted at /models
       batching.config          BatchingParameters (`--batching_parameters_file`)
+      export_report_v<N>.json  what export N wrote: models, signatures, corpus, index recall
       user_tower/<version>/    user features + domain + behaviour sequence -> {"embedding"}
       item_tower/<version>/    item features + domain + item domain statistics -> {"embedding"}
       ranker/<version>/        every feature the ranker reads -> {"probability"}
@@ -31,9 +32,10 @@ string `[B, K]` and `scores` float32 `[B, K]` (retrieval: dot products of the us
 the domain's item embeddings, best first; `""` / `-inf` pad a domain of fewer than K items).
 
 Each version folder also holds `assets.extra/` (ignored by stock TF Serving):
-`serving_checks.json` (the embedded server rejects an unknown `domain`, a sequence longer than T and
-a batch over `max_batch_size` before the model runs; the graph itself fails an unknown domain with
-INVALID_ARGUMENT), and `feature_spec.json` with its `vocab/` files, so a client can discover the
+`serving_checks.json` (the embedded server rejects an unknown domain in `domain` or in a
+domain-valued sequence such as `hist_domain`, NaN or Inf in a float input, a sequence longer than T
+and a batch over `max_batch_size` before the model runs; the graph itself fails an unknown domain
+with INVALID_ARGUMENT), and `feature_spec.json` with its `vocab/` files, so a client can discover the
 features from the export alone.
 
 Item corpus and index. The item tower embeds every record of `data_dir`'s `items` split (one per
@@ -63,33 +65,18 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from mdr_contract import artifacts
+from mdr_contract import feature_spec as fs
 from mdr_keras import data
-from mdr_keras import feature_spec as fs
 from mdr_keras import training
 from mdr_keras.models.retrieval import tower_features
 from serving import config as cfg
 from serving import index as ix
 
-USER_TOWER = "user_tower"
-ITEM_TOWER = "item_tower"
-RANKER = "ranker"
-RETRIEVAL = "retrieval"
-RETRIEVAL_SCANN = "retrieval_scann"
-MODEL_NAMES = (USER_TOWER, ITEM_TOWER, RANKER, RETRIEVAL, RETRIEVAL_SCANN)
-RETRIEVAL_MODEL_NAMES = (USER_TOWER, ITEM_TOWER, RETRIEVAL, RETRIEVAL_SCANN)
-
-DEFAULT_SIGNATURE = "serving_default"
-EXAMPLES_SIGNATURE = "examples"
-EXAMPLES_INPUT = "examples"
-OUTPUTS = {USER_TOWER: ("embedding",), ITEM_TOWER: ("embedding",), RANKER: ("probability",),
-           RETRIEVAL: ("item_ids", "scores"), RETRIEVAL_SCANN: ("item_ids", "scores")}
-
-MODELS_CONFIG = "models.config"
-DOCKER_MODELS_CONFIG = "models.docker.config"
-BATCHING_CONFIG = "batching.config"
+OUTPUTS = {artifacts.USER_TOWER: ("embedding",), artifacts.ITEM_TOWER: ("embedding",),
+           artifacts.RANKER: ("probability",), artifacts.RETRIEVAL: ("item_ids", "scores"),
+           artifacts.RETRIEVAL_SCANN: ("item_ids", "scores")}
 DOCKER_MODELS_ROOT = "/models"
-ASSETS_EXTRA = "assets.extra"
-TMP_PREFIX = ".tmp-"
 MAX_BATCH_SIZE = 4096
 _EMBED_BATCH = 4096  # item records per item-tower call while embedding the corpus
 _MAX_QUERY_BATCHES = 64  # batches of `queries_split` read at most to collect recall queries
@@ -104,16 +91,16 @@ def model_inputs(spec: fs.FeatureSpec, model: str) -> List[str]:
     models, the item tower's for `item_tower`, and every `ranker_features` name for `ranker`.
     """
     user, seq, item = tower_features(spec)
-    if model in (USER_TOWER, RETRIEVAL, RETRIEVAL_SCANN):
+    if model in (artifacts.USER_TOWER, artifacts.RETRIEVAL, artifacts.RETRIEVAL_SCANN):
         names = set(user + seq)
-    elif model == ITEM_TOWER:
+    elif model == artifacts.ITEM_TOWER:
         names = set(item)
-    elif model == RANKER:
+    elif model == artifacts.RANKER:
         from mdr_keras.models.ranker import ranker_features
 
         names = set(sum(ranker_features(spec).values(), []))
     else:
-        raise ValueError(f"Unknown exported model. Received: model={model!r}; expected one of {MODEL_NAMES}")
+        raise ValueError(f"Unknown exported model. Received: model={model!r}; expected one of {artifacts.MODEL_NAMES}")
     return [f.name for f in spec.features if f.name in names]
 
 
@@ -130,7 +117,7 @@ class ServingModule(tf.Module):
     with it; the signatures are `tf.function`s with fixed input signatures calling `outputs`.
 
     Args:
-        kind: one of `MODEL_NAMES`.
+        kind: one of `artifacts.MODEL_NAMES`.
         model: the Keras model (`RetrievalModel` for the towers and retrieval, `RankerModel`).
         spec: the feature spec the model was trained with.
         index: `serving.index.ExactDomainIndex` or `MultiDomainIndex`, for the retrieval kinds.
@@ -138,11 +125,11 @@ class ServingModule(tf.Module):
 
     def __init__(self, kind: str, model, spec: fs.FeatureSpec, index=None):
         super().__init__(name=kind)
-        if kind not in MODEL_NAMES:
-            raise ValueError(f"`kind` must be one of {MODEL_NAMES}. Received: kind={kind!r}")
-        if (index is None) == (kind in (RETRIEVAL, RETRIEVAL_SCANN)):
-            raise ValueError(f"An index is needed by, and only by, {RETRIEVAL} and {RETRIEVAL_SCANN}. "
-                             f"Received: kind={kind!r}, index={index!r}")
+        if kind not in artifacts.MODEL_NAMES:
+            raise ValueError(f"`kind` must be one of {artifacts.MODEL_NAMES}. Received: kind={kind!r}")
+        if (index is None) == (kind in (artifacts.RETRIEVAL, artifacts.RETRIEVAL_SCANN)):
+            raise ValueError(f"An index is needed by, and only by, {artifacts.RETRIEVAL} and "
+                             f"{artifacts.RETRIEVAL_SCANN}. Received: kind={kind!r}, index={index!r}")
         self.kind = kind
         self.model = model
         if index is not None:
@@ -153,11 +140,11 @@ class ServingModule(tf.Module):
 
     def outputs(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """The named outputs of raw feature tensors `raw` (inference mode)."""
-        if self.kind == USER_TOWER:
+        if self.kind == artifacts.USER_TOWER:
             return {"embedding": self.model.user_embedding(raw, training=False)}
-        if self.kind == ITEM_TOWER:
+        if self.kind == artifacts.ITEM_TOWER:
             return {"embedding": self.model.item_embedding(raw, training=False)}
-        if self.kind == RANKER:
+        if self.kind == artifacts.RANKER:
             return {"probability": self.model(raw, training=False)["probability"]}
         user = self.model.user_embedding(raw, training=False)
         domain = self.model.encoder({fs.DOMAIN: raw[fs.DOMAIN]})[fs.DOMAIN]  # unknown domains fail here
@@ -172,18 +159,21 @@ class ServingModule(tf.Module):
         def serve(*tensors):
             return self.outputs(dict(zip(names, tensors)))
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=artifacts.EXAMPLES_INPUT)])
         def examples(serialized):
             return self.outputs(tf.io.parse_example(serialized, self._parse_spec))
 
-        return {DEFAULT_SIGNATURE: serve, EXAMPLES_SIGNATURE: examples}
+        return {artifacts.DEFAULT_SIGNATURE: serve, artifacts.EXAMPLES_SIGNATURE: examples}
 
 
 def serving_checks(spec: fs.FeatureSpec, model: str, max_batch_size: int = MAX_BATCH_SIZE) -> cfg.ServingChecks:
-    """The `serving_checks.json` of exported `model`: known domains, sequences of at most T, the batch."""
+    """The `serving_checks.json` of exported `model`: known domains (in `domain` and in every input whose
+    vocabulary is the domain list, e.g. `hist_domain`, where "" pads), sequences of at most T, the
+    batch, finite floats."""
     names = model_inputs(spec, model)
+    domain_valued = [n for n in names if n == fs.DOMAIN or spec[n].vocab_from == fs.DOMAIN]
     return cfg.ServingChecks(
-        allowed_values={fs.DOMAIN: list(spec.domains)} if fs.DOMAIN in names else {},
+        allowed_values={n: list(spec.domains) + ([fs.PAD] if spec[n].is_list else []) for n in domain_valued},
         max_length={n: spec[n].length for n in names if spec[n].is_list},
         max_batch_size=max_batch_size)
 
@@ -200,9 +190,9 @@ def item_corpus(model, spec: fs.FeatureSpec, data_dir: str, batch_size: int = _E
         ValueError: when a domain of the spec has no item in the corpus (it could answer nothing).
     """
     embed = tf.function(lambda raw: model.item_embedding(raw, training=False), reduce_retracing=True)
-    names = model_inputs(spec, ITEM_TOWER)
+    names = model_inputs(spec, artifacts.ITEM_TOWER)
     ids, domains, embeddings = [], [], []
-    for batch in data.make_dataset(data_dir, data.ITEMS, batch_size, spec=spec, names=names):
+    for batch in data.make_dataset(data_dir, artifacts.ITEMS, batch_size, spec=spec, names=names):
         ids.append(batch[fs.ITEM_ID].numpy())
         domains.append(batch[fs.DOMAIN].numpy())
         embeddings.append(embed(batch).numpy())
@@ -225,7 +215,8 @@ def user_queries(model, spec: fs.FeatureSpec, data_dir: str, split: str, per_dom
                  batch_size: int = 1024) -> List[Optional[np.ndarray]]:
     """Per domain: up to `per_domain` user embeddings of `split`'s rows of that domain (None if none)."""
     try:
-        dataset = data.make_dataset(data_dir, split, batch_size, spec=spec, names=model_inputs(spec, USER_TOWER))
+        dataset = data.make_dataset(data_dir, split, batch_size, spec=spec,
+                                    names=model_inputs(spec, artifacts.USER_TOWER))
     except FileNotFoundError:
         return [None] * spec.num_domains
     embed = tf.function(lambda raw: model.user_embedding(raw, training=False), reduce_retracing=True)
@@ -245,7 +236,7 @@ def user_queries(model, spec: fs.FeatureSpec, data_dir: str, split: str, per_dom
 
 
 # ------------------------------------------------------------------ layout
-def next_version(export_dir: str, models: Sequence[str] = MODEL_NAMES) -> int:
+def next_version(export_dir: str, models: Sequence[str] = artifacts.MODEL_NAMES) -> int:
     """One more than the largest version under any of `models` in `export_dir` (1 when there is none)."""
     found = [v for m in models if os.path.isdir(os.path.join(export_dir, m))
              for v in cfg.list_versions(os.path.join(export_dir, m))]
@@ -284,7 +275,7 @@ def publish(module: ServingModule, spec: fs.FeatureSpec, export_dir: str, versio
     `<kind>/.tmp-<version>` (left over from an interrupted export: replaced), which is then renamed.
     """
     base = os.path.join(export_dir, module.kind)
-    final, tmp = os.path.join(base, str(version)), os.path.join(base, f"{TMP_PREFIX}{version}")
+    final, tmp = os.path.join(base, str(version)), os.path.join(base, f"{artifacts.EXPORT_TMP_PREFIX}{version}")
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists: a published version is never overwritten; export a new version")
     os.makedirs(base, exist_ok=True)
@@ -293,7 +284,7 @@ def publish(module: ServingModule, spec: fs.FeatureSpec, export_dir: str, versio
     with _without_keras_traces():
         tf.saved_model.save(module, tmp, signatures=module.signatures())
     cfg.write_serving_checks(tmp, serving_checks(spec, module.kind, max_batch_size))
-    _copy_spec(spec, os.path.join(tmp, ASSETS_EXTRA))
+    _copy_spec(spec, os.path.join(tmp, artifacts.ASSETS_EXTRA))
     os.rename(tmp, final)
     return final
 
@@ -301,24 +292,25 @@ def publish(module: ServingModule, spec: fs.FeatureSpec, export_dir: str, versio
 def write_configs(export_dir: str, batching: cfg.BatchingConfig) -> Dict[str, str]:
     """`models.config` (relative base paths), `models.docker.config` (/models/<name>) and
     `batching.config` for every model of `export_dir` with at least one version; returns their paths."""
-    names = [m for m in MODEL_NAMES
+    names = [m for m in artifacts.MODEL_NAMES
              if os.path.isdir(os.path.join(export_dir, m)) and cfg.list_versions(os.path.join(export_dir, m))]
-    paths = {"models_config": os.path.join(export_dir, MODELS_CONFIG),
-             "models_docker_config": os.path.join(export_dir, DOCKER_MODELS_CONFIG),
-             "batching_config": os.path.join(export_dir, BATCHING_CONFIG)}
+    paths = {"models_config": os.path.join(export_dir, artifacts.MODELS_CONFIG),
+             "models_docker_config": os.path.join(export_dir, artifacts.DOCKER_MODELS_CONFIG),
+             "batching_config": os.path.join(export_dir, artifacts.BATCHING_CONFIG)}
     cfg.write_models_config(paths["models_config"], [cfg.ModelConfig(name=m, base_path=m) for m in names])
     # Stock TF Serving has no ScaNN ops and refuses to start when any configured model fails to
     # load: its config leaves retrieval_scann to the ScaNN-capable server (docker/README.md).
     cfg.write_models_config(paths["models_docker_config"],
                             [cfg.ModelConfig(name=m, base_path=f"{DOCKER_MODELS_ROOT}/{m}") for m in names
-                             if m != RETRIEVAL_SCANN])
+                             if m != artifacts.RETRIEVAL_SCANN])
     cfg.write_batching_config(paths["batching_config"], batching)
     return paths
 
 
 def _signature_report(module: ServingModule) -> dict:
-    return {DEFAULT_SIGNATURE: {"inputs": list(module.input_names), "outputs": list(OUTPUTS[module.kind])},
-            EXAMPLES_SIGNATURE: {"inputs": [EXAMPLES_INPUT], "outputs": list(OUTPUTS[module.kind])}}
+    outputs = list(OUTPUTS[module.kind])
+    return {artifacts.DEFAULT_SIGNATURE: {"inputs": list(module.input_names), "outputs": outputs},
+            artifacts.EXAMPLES_SIGNATURE: {"inputs": [artifacts.EXAMPLES_INPUT], "outputs": list(outputs)}}
 
 
 def _load(model_dir: str, task: str):
@@ -358,7 +350,8 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
         "outputs"}}, "seconds"}}, "corpus": {domain: items}, "index": {domain: ScaNN build report
         (`serving.index.BuildReport.as_dict`)}, "low_recall": [domains under
         `index_config.min_recall`], "configs": {"models_config", "models_docker_config",
-        "batching_config"}}; "corpus", "index" and "low_recall" only with `retrieval_dir`.
+        "batching_config"}}; "corpus", "index" and "low_recall" only with `retrieval_dir`. The same
+        report is written beside the models as `export_report_v<version>.json` (`mdr report` reads it).
     """
     if retrieval_dir is None and ranker_dir is None:
         raise ValueError("Nothing to export: give `retrieval_dir`, `ranker_dir` or both. "
@@ -376,7 +369,7 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
         version = next_version(export_dir)
     elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"`version` must be an integer >= 1. Received: version={version!r}")
-    names = (RETRIEVAL_MODEL_NAMES if retrieval_dir else ()) + ((RANKER,) if ranker_dir else ())
+    names = (artifacts.RETRIEVAL_MODEL_NAMES if retrieval_dir else ()) + ((artifacts.RANKER,) if ranker_dir else ())
     taken = [m for m in names if os.path.exists(os.path.join(export_dir, m, str(version)))]
     if taken:
         raise FileExistsError(f"Version {version} already exists for {taken} in {export_dir}")
@@ -406,14 +399,15 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
         report["index"] = index_report
         report["low_recall"] = [d for d, r in index_report.items() if r["recall@k"] < index_config.min_recall]
         exact = ix.ExactDomainIndex(embeddings, ids, k=k, distance=index_config.distance, name="exact_index")
-        write(ServingModule(USER_TOWER, model, spec), spec)
-        write(ServingModule(ITEM_TOWER, model, spec), spec)
-        write(ServingModule(RETRIEVAL, model, spec, index=exact), spec)
-        write(ServingModule(RETRIEVAL_SCANN, model, spec, index=scann), spec)
+        write(ServingModule(artifacts.USER_TOWER, model, spec), spec)
+        write(ServingModule(artifacts.ITEM_TOWER, model, spec), spec)
+        write(ServingModule(artifacts.RETRIEVAL, model, spec, index=exact), spec)
+        write(ServingModule(artifacts.RETRIEVAL_SCANN, model, spec, index=scann), spec)
     if ranker_dir:
         model, spec = _load(ranker_dir, training.RANKER_TASK)
-        write(ServingModule(RANKER, model, spec), spec)
+        write(ServingModule(artifacts.RANKER, model, spec), spec)
     report["configs"] = write_configs(export_dir, batching)
+    write_report(report, os.path.join(export_dir, artifacts.export_report(version)))
     return report
 
 
@@ -421,7 +415,7 @@ def format_report(report: dict) -> str:
     """A short text summary of an `export_models` report (what `mdr export` prints)."""
     lines = [f"exported version {report['version']} to {report['export_dir']}"]
     for name, m in report["models"].items():
-        inputs = ", ".join(m["signatures"][DEFAULT_SIGNATURE]["inputs"])
+        inputs = ", ".join(m["signatures"][artifacts.DEFAULT_SIGNATURE]["inputs"])
         lines.append(f"  {name:<16} {m['seconds']:>7.2f}s  inputs: {inputs}")
     for d, r in report.get("index", {}).items():
         how = "brute force" if r["brute_force"] else f"{r['leaves_to_search']}/{r['leaves']} leaves searched"

@@ -59,7 +59,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from mdr_keras.layers.domains import domain_indices, is_int
+from mdr_contract import artifacts
+from mdr_keras.layers.plumbing import domain_indices, is_int
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +229,12 @@ def _check_distance(distance):
 def _check_k(k):
     if not is_int(k) or k < 1:
         raise ValueError(f"`k` must be an integer >= 1. Received: k={k!r}")
+
+
+def _check_per_domain(embeddings: Sequence, ids: Sequence) -> None:
+    if not embeddings or len(ids) != len(embeddings):
+        raise ValueError(f"`embeddings` and `ids` must be non-empty lists of the same length (one entry per "
+                         f"domain). Received: {len(embeddings)} and {len(ids)} entries")
 
 
 class _Routed(tf.Module):
@@ -440,11 +447,8 @@ class ExactDomainIndex(_Routed):
         name: module name.
 
     Call arguments:
-        queries: float32 `[B, d]` query embeddings.
-        domain: int `[B]` or `[B, 1]`, each row's domain index in `[0, num_domains)`.
-
-    Returns:
-        `(scores, ids)`: float32 `[B, K]` and string `[B, K]` of each row's domain, best first.
+        queries, domain: as `MultiDomainIndex` (both share `_Routed.__call__`), with the same
+            `(scores, ids)` returned.
     """
 
     def __init__(self, embeddings: Sequence, ids: Sequence, k: int = 100, distance: str = "dot_product",
@@ -453,9 +457,7 @@ class ExactDomainIndex(_Routed):
         _check_k(k)
         _check_distance(distance)
         embeddings = [_as_embeddings(e, f"embeddings[{i}]") for i, e in enumerate(embeddings)]
-        if not embeddings or len(ids) != len(embeddings):
-            raise ValueError(f"`embeddings` and `ids` must be non-empty lists of the same length (one entry "
-                             f"per domain). Received: {len(embeddings)} and {len(ids)} entries")
+        _check_per_domain(embeddings, ids)
         dims = {e.shape[1] for e in embeddings}
         if len(dims) != 1:
             raise ValueError(f"All domains' embeddings must have the same size. Received: {sorted(dims)}")
@@ -626,9 +628,7 @@ def build_multi_domain_index(embeddings: Sequence, ids: Sequence, config: IndexC
         `(index, report)`: the `MultiDomainIndex` and `{domain name: build report}`.
     """
     embeddings, ids = list(embeddings), list(ids)
-    if not embeddings or len(ids) != len(embeddings):
-        raise ValueError(f"`embeddings` and `ids` must be non-empty lists of the same length (one entry per "
-                         f"domain). Received: {len(embeddings)} and {len(ids)} entries")
+    _check_per_domain(embeddings, ids)
     names = [str(i) for i in range(len(embeddings))] if domain_names is None else [str(n) for n in domain_names]
     if len(names) != len(embeddings) or len(set(names)) != len(names):
         raise ValueError(f"`domain_names` must name each domain once. Received: domain_names={domain_names!r}")
@@ -646,7 +646,7 @@ def build_multi_domain_index(embeddings: Sequence, ids: Sequence, config: IndexC
 def save_index(index: _Routed, export_dir: str) -> None:
     """Saves a `MultiDomainIndex` or `ExactDomainIndex` as a SavedModel with a `serving_default`
     signature (`queries`, `domain` -> `scores`, `ids`); the module's `__call__` is kept too."""
-    tf.saved_model.save(index, export_dir, signatures={"serving_default": index.serving_function()})
+    tf.saved_model.save(index, export_dir, signatures={artifacts.DEFAULT_SIGNATURE: index.serving_function()})
 
 
 def load_index(export_dir: str):

@@ -6,26 +6,20 @@ so the stock `PredictionServiceStub` / `ModelServiceStub` and any TF Serving cli
 - `PredictionService.Predict` and `PredictionService.GetModelMetadata` (the `signature_def` field: a
   `SignatureDefMap` packed in an `Any`, read from the SavedModel's MetaGraphDef as TF Serving does),
   and `ModelService.GetModelStatus`. Classify, Regress, MultiInference and HandleReloadConfigRequest
-  answer UNIMPLEMENTED.
+  answer UNIMPLEMENTED, logged in one line (no traceback).
 - Versions: every numeric child folder of a model's base path is a version; the model's version
   policy (latest N, specific, all) picks those served. `model_spec.version` asks for one version,
   `model_spec.version_label` for a labelled one, neither for the latest loaded; `signature_name`
   defaults to `serving_default`.
 - A poller re-lists the base paths every `poll_interval` seconds (TF Serving's
-  `--file_system_poll_wait_seconds`) and loads new versions while serving. Availability-preserving, as
-  TF Serving's default policy: a new version is loaded first, and the versions the policy drops are
-  unloaded only once some wanted version is loaded, so requests never find the model missing. A
-  version that fails to load is reported by GetModelStatus (END with the error) and retried when its
-  folder changes; the old version keeps serving meanwhile. Readers take a snapshot of the loaded
-  versions (a dict replaced whole, never mutated), so requests need no lock.
-- Requests are checked before TensorFlow runs, with INVALID_ARGUMENT and a message naming the input:
-  missing and unknown inputs, dtype, rank and dimensions against the signature's TensorInfo (-1 / None
-  accepts any size), different batch sizes across inputs, a batch over the maximum batch size, and
-  the model's own checks (below). Sizes are checked on the declared shapes before anything is
-  decoded (a few bytes can declare a huge tensor that one value fills). Unknown model, version, label
-  or signature give NOT_FOUND listing what exists. An error raised inside the model is returned with
-  TensorFlow's code and message (INVALID_ARGUMENT for bad values, INTERNAL otherwise) and the server
-  stays up.
+  `--file_system_poll_wait_seconds`) and loads new versions while serving, availability-preserving
+  (`serving.servables`: loading, unloading, failed versions).
+- Requests are checked before TensorFlow runs (`serving.request_checks`: inputs against the
+  signature, batch sizes, values against declared shapes, non-finite floats, the model's
+  `serving_checks.json`), with INVALID_ARGUMENT and a message naming the input. Unknown model,
+  version, label or signature give NOT_FOUND listing what exists. An error raised inside the model is
+  returned with TensorFlow's code and message (INVALID_ARGUMENT for bad values, INTERNAL otherwise)
+  and the server stays up.
 - Deadlines: the remaining time is checked on arrival and again just before the model runs; a
   request whose deadline has passed gets DEADLINE_EXCEEDED without running the model (a running
   TensorFlow call cannot be interrupted).
@@ -36,27 +30,6 @@ so the stock `PredictionServiceStub` / `ModelServiceStub` and any TF Serving cli
 The embedded server does not batch requests together: each request runs as its own batch. From the
 batching parameters file it takes `max_batch_size` only, as the largest batch one request may carry.
 
-Model checks: `assets.extra/serving_checks.json`
--------------------------------------------------
-A version folder may declare constraints on requests, checked before the model runs (stock TF
-Serving ignores `assets.extra`; the exported graph must still handle such values safely there):
-
-    {
-      "allowed_values": {"domain": ["d0", "d1"]},
-      "max_length": {"hist_item_id": 50},
-      "max_batch_size": 1024
-    }
-
-- `allowed_values`: input name -> the values every element of that input must be one of (strings for
-  string inputs, numbers for numeric inputs). A violation names the input and the offending values.
-- `max_length`: input name -> the largest size of axis 1 (the sequence axis after the batch axis) of
-  that input. Inputs of rank < 2 are not concerned.
-- `max_batch_size`: the largest batch (axis 0) of a request; the smaller of this and the server's
-  applies.
-Every key is optional; names are matched against the inputs of whatever signature is called, so a
-check on `domain` applies to each signature that has a `domain` input (values inside serialized
-`tf.Example` inputs are not inspected). `serving.config.ServingChecks` reads and writes the file.
-
 For checks that need code, `validators={"model name": fn}` installs a Python callable
 `fn(signature_name, inputs)` (inputs: name -> numpy array) that raises `ValueError(message)` to reject
 a request with INVALID_ARGUMENT.
@@ -65,310 +38,32 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import dataclasses
 import logging
 import os
 import signal
 import threading
-import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import grpc
 import numpy as np
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow.core.framework import types_pb2
-from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
+from mdr_contract import artifacts
 from serving import config as cfg
+from serving.request_checks import RequestError, check_inputs, describe_signature
+from serving.servables import MAX_ERROR_CHARS, Servable, ServedModel
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_PORT = 8500  # TF Serving's gRPC port
 DEFAULT_MESSAGE_BYTES = 64 * 1024 * 1024
 METADATA_SIGNATURE_DEF = "signature_def"
-_State = get_model_status_pb2.ModelVersionStatus.State
+IMPLEMENTED_METHODS = ("Predict", "GetModelMetadata", "GetModelStatus")
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
-# Long TensorFlow messages carry graph dumps; clients need the first lines only.
-_MAX_ERROR_CHARS = 2000
 
 Validator = Callable[[str, Dict[str, np.ndarray]], None]
-
-
-class RequestError(Exception):
-    """A request the server refuses, with the gRPC status code and message the client gets."""
-
-    def __init__(self, code: grpc.StatusCode, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-# --------------------------------------------------------------------------------------------------
-# Loaded versions
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSignature:
-    """A dense tensor of a signature: dtype and shape (None: unknown rank; a None dim: any size)."""
-
-    dtype: tf.DType
-    shape: Optional[Tuple[Optional[int], ...]]
-
-    @classmethod
-    def from_tensor_info(cls, info: meta_graph_pb2.TensorInfo) -> "TensorSignature":
-        shape = None if info.tensor_shape.unknown_rank else tuple(
-            None if d.size < 0 else d.size for d in info.tensor_shape.dim)
-        return cls(dtype=tf.dtypes.as_dtype(info.dtype), shape=shape)
-
-    def describe(self) -> str:
-        if self.shape is None:
-            return f"{self.dtype.name} of any shape"
-        return f"{self.dtype.name} of shape {_shape_str(self.shape)}"
-
-
-@dataclasses.dataclass
-class Signature:
-    """One callable signature of a loaded version.
-
-    Args:
-        name: the signature key.
-        function: the loaded concrete function (called with the inputs as keyword arguments).
-        inputs, outputs: name -> TensorSignature.
-        unsupported: why the server cannot call it (sparse or composite tensors), or None.
-    """
-
-    name: str
-    function: Callable
-    inputs: Dict[str, TensorSignature]
-    outputs: Dict[str, TensorSignature]
-    unsupported: Optional[str] = None
-
-
-@dataclasses.dataclass
-class Servable:
-    """One loaded version of a model.
-
-    Args:
-        name, version, path: model name, version number and version folder.
-        signatures: signature key -> Signature (the callable ones).
-        signature_defs: the MetaGraphDef's SignatureDef map (what GetModelMetadata returns).
-        checks: the version's `serving_checks.json`, or None.
-        loaded: the object from `tf.saved_model.load` (kept alive while the version is served).
-    """
-
-    name: str
-    version: int
-    path: str
-    signatures: Dict[str, Signature]
-    signature_defs: Dict[str, meta_graph_pb2.SignatureDef]
-    checks: Optional[cfg.ServingChecks]
-    loaded: object = None
-
-
-def read_signature_defs(path: str) -> Dict[str, meta_graph_pb2.SignatureDef]:
-    """The SignatureDefs of the `serve` MetaGraphDef of the SavedModel at `path`."""
-    saved_model = saved_model_pb2.SavedModel()
-    pb, pbtxt = os.path.join(path, "saved_model.pb"), os.path.join(path, "saved_model.pbtxt")
-    if tf.io.gfile.exists(pb):
-        with tf.io.gfile.GFile(pb, "rb") as f:
-            saved_model.ParseFromString(f.read())
-    else:
-        with tf.io.gfile.GFile(pbtxt, "r") as f:
-            text_format.Parse(f.read(), saved_model)
-    graphs = [g for g in saved_model.meta_graphs if "serve" in g.meta_info_def.tags] or list(saved_model.meta_graphs)
-    if not graphs:
-        raise ValueError(f"{path}: the SavedModel has no MetaGraphDef")
-    return dict(graphs[0].signature_def)
-
-
-def _uses_scann(path: str) -> bool:
-    """Whether the SavedModel's graph holds ScaNN ops (their op names start with 'Scann')."""
-    with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
-        return b"Scann" in f.read()
-
-
-def load_servable(name: str, version: int, path: str) -> Servable:
-    """Loads the SavedModel version at `path` with its signatures and serving checks.
-
-    Raises:
-        ValueError / OSError / tf.errors.OpError: when the version cannot be loaded.
-    """
-    # Read the small files first, so a malformed checks file fails before the (slower) model load.
-    checks = cfg.read_serving_checks(path)
-    signature_defs = read_signature_defs(path)
-    if _uses_scann(path):
-        import scann  # noqa: F401  registers the Scann* ops the graph holds (retrieval_scann)
-    loaded = tf.saved_model.load(path, tags=["serve"])
-    signatures = {}
-    for key, function in loaded.signatures.items():
-        sig_def = signature_defs.get(key)
-        if sig_def is None:
-            continue
-        infos = list(sig_def.inputs.items()) + list(sig_def.outputs.items())
-        composite = sorted(k for k, info in infos if info.WhichOneof("encoding") != "name")
-        signatures[key] = Signature(
-            name=key, function=function,
-            inputs={k: TensorSignature.from_tensor_info(i) for k, i in sig_def.inputs.items()},
-            outputs={k: TensorSignature.from_tensor_info(i) for k, i in sig_def.outputs.items()},
-            unsupported=f"sparse or composite tensors {composite} are not supported" if composite else None)
-    if checks is not None:
-        known = {k for s in signatures.values() for k in s.inputs}
-        for key in sorted((set(checks.allowed_values) | set(checks.max_length)) - known):
-            logger.warning("%s version %d: serving_checks.json names %r, an input of no signature", name, version, key)
-    return Servable(name=name, version=version, path=path, signatures=signatures,
-                    signature_defs=signature_defs, checks=checks, loaded=loaded)
-
-
-class _Model:
-    """A configured model: its loaded versions and the status of every version seen."""
-
-    def __init__(self, config: cfg.ModelConfig, base_path: str):
-        self.config = config
-        self.base_path = base_path
-        # Replaced whole on every change, never mutated: a request's snapshot stays consistent.
-        self.servables: Dict[int, Servable] = {}
-        self.status: Dict[int, Tuple[int, int, str]] = {}  # version -> (state, tf error code, message)
-        self.failed: Dict[int, Optional[float]] = {}  # version -> folder mtime when its load failed
-        self.list_error: Optional[str] = None
-
-
-# --------------------------------------------------------------------------------------------------
-# Request checks
-
-
-def _shape_str(shape) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _preview(values) -> List:
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in values[:5]]
-
-
-def _where(servable: Servable, signature: str) -> str:
-    return f"signature {signature!r} of model {servable.name!r} version {servable.version}"
-
-
-def check_inputs(servable: Servable, signature: Signature, inputs: Mapping, max_batch_size: Optional[int] = None
-                 ) -> Dict[str, np.ndarray]:
-    """Decodes request `inputs` (name -> TensorProto) after checking them against `signature`.
-
-    Args:
-        servable: the version called.
-        signature: the signature called.
-        inputs: the request's TensorProtos.
-        max_batch_size: the server's largest batch, or None.
-
-    Returns:
-        name -> numpy array, for every input of the signature.
-
-    Raises:
-        RequestError: INVALID_ARGUMENT naming the input and the problem.
-    """
-    where = _where(servable, signature.name)
-    expected = sorted(signature.inputs)
-    missing = sorted(set(signature.inputs) - set(inputs))
-    if missing:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"missing input(s) {missing}; {where} expects inputs {expected}")
-    extra = sorted(set(inputs) - set(signature.inputs))
-    if extra:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"unknown input(s) {extra}; {where} expects inputs {expected}")
-    shapes = {}
-    for name in expected:
-        proto, spec = inputs[name], signature.inputs[name]
-        if proto.dtype != spec.dtype.as_datatype_enum:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has dtype {_dtype_name(proto.dtype)}; {where} expects "
-                               f"{spec.describe()}")
-        if proto.tensor_shape.unknown_rank:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} has no shape")
-        shape = tuple(d.size for d in proto.tensor_shape.dim)
-        if any(d < 0 for d in shape):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has shape {_shape_str(shape)}, with a negative dimension")
-        if spec.shape is not None and (len(shape) != len(spec.shape) or any(
-                want is not None and got != want for got, want in zip(shape, spec.shape))):
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has shape {_shape_str(shape)}; {where} expects {spec.describe()} "
-                               "(? = any size)")
-        shapes[name] = shape
-
-    # Every check of sizes runs on the declared shapes, before anything is decoded: a few bytes can
-    # declare a huge tensor (one value fills a whole shape), which must be refused, not allocated.
-    # Axis 0 is the batch axis of every input whose signature leaves it open.
-    batch = {k: s[0] for k, s in shapes.items()
-             if signature.inputs[k].shape and signature.inputs[k].shape[0] is None}
-    if len(set(batch.values())) > 1:
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"inputs have different batch sizes (axis 0): {dict(sorted(batch.items()))}")
-    checks = servable.checks
-    limits = [m for m in (max_batch_size, checks.max_batch_size if checks else None) if m is not None]
-    if batch and limits and next(iter(batch.values())) > min(limits):
-        raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                           f"batch size {next(iter(batch.values()))} (axis 0 of inputs {sorted(batch)}) is over the "
-                           f"maximum batch size {min(limits)} of model {servable.name!r}")
-    if checks is not None:
-        _check_lengths(checks, shapes)
-
-    arrays = {}
-    for name in expected:
-        proto, shape = inputs[name], shapes[name]
-        try:
-            array = tf.make_ndarray(proto)
-        except Exception as e:  # content that does not fill the declared shape, bad encodings
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} cannot be decoded: {e}") from e
-        if array.shape != shape:
-            # make_ndarray repeats a single value to fill the shape; anything else is malformed.
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} declares shape {_shape_str(shape)} but holds {array.size} values")
-        arrays[name] = array
-    if checks is not None:
-        _check_values(checks, arrays)
-    return arrays
-
-
-def _dtype_name(enum: int) -> str:
-    """The name of a request's dtype enum; any int32 can arrive (proto3 enums are open)."""
-    if enum == types_pb2.DT_INVALID:
-        return "no dtype"
-    try:
-        return tf.dtypes.as_dtype(enum).name
-    except TypeError:
-        return f"unknown dtype enum {enum}"
-
-
-def _check_lengths(checks: cfg.ServingChecks, shapes: Dict[str, Tuple[int, ...]]) -> None:
-    for name, max_length in sorted(checks.max_length.items()):
-        shape = shapes.get(name)
-        if shape is not None and len(shape) >= 2 and shape[1] > max_length:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has length {shape[1]} (axis 1), over the maximum {max_length}")
-
-
-def _check_values(checks: cfg.ServingChecks, arrays: Dict[str, np.ndarray]) -> None:
-    for name, allowed in sorted(checks.allowed_values.items()):
-        if name not in arrays:
-            continue
-        array = arrays[name]
-        if array.dtype == object:
-            allowed_set = {v.encode("utf-8") if isinstance(v, str) else v for v in allowed}
-        else:
-            allowed_set = {v for v in allowed if not isinstance(v, str)}
-        # Python sets: exact for bytes and numbers, and cheap at request sizes.
-        bad = sorted({v for v in array.ravel().tolist() if v not in allowed_set}, key=repr)
-        if bad:
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"input {name!r} has value(s) not allowed: {_preview(bad)}; allowed: {list(allowed)}")
-
-
-
-# --------------------------------------------------------------------------------------------------
-# The server
 
 
 class ModelServer:
@@ -428,12 +123,12 @@ class ModelServer:
             models, root = list(models), os.getcwd()
         if not models:
             raise ValueError("No models to serve: the model config is empty.")
-        self._models: Dict[str, _Model] = {}
+        self._models: Dict[str, ServedModel] = {}
         for model in models:
             if model.name in self._models:
                 raise ValueError(f"Model names must be unique. Received a second {model.name!r}")
             base = model.base_path if "://" in model.base_path else os.path.join(root, model.base_path)
-            self._models[model.name] = _Model(model, base)
+            self._models[model.name] = ServedModel(model, base)
         unknown = sorted(set(validators or {}) - set(self._models))
         if unknown:
             raise ValueError(f"`validators` names unknown models {unknown}; models: {sorted(self._models)}")
@@ -478,7 +173,7 @@ class ModelServer:
             maximum_concurrent_rpcs=self._maximum_concurrent_rpcs)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionServicer(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelServicer(self), server)
-        host = f"[{self._host}]" if ":" in self._host and not self._host.startswith("[") else self._host
+        host = _bracketed(self._host)
         try:
             port = server.add_insecure_port(f"{host}:{self._requested_port}")
         except RuntimeError as e:
@@ -523,8 +218,7 @@ class ModelServer:
     @property
     def address(self) -> str:
         """`host:port`, for `grpc.insecure_channel`."""
-        host = f"[{self._host}]" if ":" in self._host and not self._host.startswith("[") else self._host
-        return f"{host}:{self._port}"
+        return f"{_bracketed(self._host)}:{self._port}"
 
     @property
     def model_names(self) -> List[str]:
@@ -550,7 +244,7 @@ class ModelServer:
         with self._sync_lock:
             errors = []
             for model in self._models.values():
-                errors += self._sync(model)
+                errors += model.sync()
             return errors
 
     def _poll_loop(self) -> None:
@@ -560,54 +254,6 @@ class ModelServer:
             except Exception:  # the poller must survive anything a file system can do
                 logger.exception("Polling the model base paths failed")
 
-    def _sync(self, model: _Model) -> List[str]:
-        name = model.config.name
-        try:
-            dirs = cfg.version_dirs(model.base_path)
-        except OSError as e:
-            # Keep serving what is loaded: an unreadable base path is not a request to unload.
-            message = f"cannot list base path {model.base_path} of model {name!r}: {e}"
-            if model.list_error != message:
-                logger.warning("%s", message)
-            model.list_error = message
-            return []
-        model.list_error = None
-        wanted = model.config.version_policy.select(dirs)
-        if not dirs and model.servables:
-            logger.warning("No versions of model %r under %s any more: unloading (as TF Serving does)",
-                           name, model.base_path)
-        errors = []
-        for version in wanted:
-            if version in model.servables:
-                continue
-            path = dirs[version]
-            mtime = _mtime(path)
-            if version in model.failed and model.failed[version] == mtime:
-                continue  # unchanged since it failed; retried once the folder changes
-            model.status[version] = (_State.LOADING, 0, "")
-            started = time.monotonic()
-            try:
-                servable = load_servable(name, version, path)
-            except Exception as e:
-                message = f"model {name!r} version {version} ({path}) failed to load: {type(e).__name__}: {e}"
-                logger.error("%s", message)
-                model.failed[version] = mtime
-                model.status[version] = (_State.END, getattr(e, "error_code", 2) or 2, message[:_MAX_ERROR_CHARS])
-                errors.append(message)
-                continue
-            model.servables = {**model.servables, version: servable}
-            model.failed.pop(version, None)
-            model.status[version] = (_State.AVAILABLE, 0, "")
-            logger.info("Loaded model %r version %d in %.2f s", name, version, time.monotonic() - started)
-        # Availability-preserving: drop versions only once a wanted one serves (or none is wanted).
-        stale = sorted(set(model.servables) - set(wanted))
-        if stale and (not wanted or any(v in model.servables for v in wanted)):
-            model.servables = {v: s for v, s in model.servables.items() if v in wanted}
-            for version in stale:
-                model.status[version] = (_State.END, 0, "")
-                logger.info("Unloaded model %r version %d", name, version)
-        return errors
-
     # -- request handling ---------------------------------------------------------------------------
 
     def _handle(self, method: str, fn, request, context):
@@ -616,6 +262,8 @@ class ModelServer:
             response = fn(request, context)
         except RequestError as e:
             code, message = e.code, e.message
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                logger.warning("%s answered UNIMPLEMENTED: %s", method, message.splitlines()[0] if message else "")
         except Exception as e:  # a bug of ours: answer, log, keep serving
             logger.exception("%s failed", method)
             code, message = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
@@ -623,9 +271,19 @@ class ModelServer:
             self._count(f"{method}.OK")
             return response
         self._count(f"{method}.{code.name}")
-        context.abort(code, message[:_MAX_ERROR_CHARS])
+        context.abort(code, message[:MAX_ERROR_CHARS])
 
-    def _model(self, name: str) -> _Model:
+    @staticmethod
+    def _unimplemented(method: str):
+        """A handler answering UNIMPLEMENTED for `method` (the generated servicer's default raises, which
+        gRPC logs as a full traceback at ERROR)."""
+        def handler(request, context):
+            raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"{method} is not implemented by the embedded model server; it serves "
+                               f"{', '.join(IMPLEMENTED_METHODS)}")
+        return handler
+
+    def _model(self, name: str) -> ServedModel:
         if not name:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"model_spec.name is empty; models: {sorted(self._models)}")
@@ -634,7 +292,7 @@ class ModelServer:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"no model named {name!r}; models: {sorted(self._models)}")
         return model
 
-    def _version_asked(self, model: _Model, model_spec) -> Optional[int]:
+    def _version_asked(self, model: ServedModel, model_spec) -> Optional[int]:
         """The version a ModelSpec names (None: the latest)."""
         choice = model_spec.WhichOneof("version_choice")
         if choice == "version":
@@ -665,19 +323,20 @@ class ModelServer:
 
     def _predict(self, request, context):
         servable = self._servable(request.model_spec)
-        key = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        key = request.model_spec.signature_name or artifacts.DEFAULT_SIGNATURE
         signature = servable.signatures.get(key)
         if signature is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND,
                                f"model {servable.name!r} version {servable.version} has no signature {key!r}; "
                                f"signatures: {sorted(servable.signatures)}")
+        where = describe_signature(servable, key)
         if signature.unsupported:
-            raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"{_where(servable, key)}: {signature.unsupported}")
+            raise RequestError(grpc.StatusCode.UNIMPLEMENTED, f"{where}: {signature.unsupported}")
         wanted = list(request.output_filter) or sorted(signature.outputs)
         unknown = sorted(set(wanted) - set(signature.outputs))
         if unknown:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"output_filter names unknown output(s) {unknown}; {_where(servable, key)} has "
+                               f"output_filter names unknown output(s) {unknown}; {where} has "
                                f"outputs {sorted(signature.outputs)}")
         arrays = check_inputs(servable, signature, request.inputs, self._max_batch_size)
         validator = self._validators.get(servable.name)
@@ -695,9 +354,9 @@ class ModelServer:
             code = _GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL)
             if code == grpc.StatusCode.OK:
                 code = grpc.StatusCode.INTERNAL
-            raise RequestError(code, f"{_where(servable, key)} failed: {_tf_message(e.message)}") from e
+            raise RequestError(code, f"{where} failed: {_tf_message(e.message)}") from e
         except (TypeError, ValueError) as e:  # raised while tracing/converting arguments
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{_where(servable, key)} failed: {e}") from e
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} failed: {e}") from e
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -749,6 +408,11 @@ class ModelServer:
         return response
 
 
+def _bracketed(host: str) -> str:
+    """`host` as it goes before `:port`: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
 def _tf_message(message: str) -> str:
     """TensorFlow's error message without the 'Graph execution error' preamble and stack frames."""
     noise = ("Graph execution error:", "Detected at node", "<stack traces unavailable>", "  File ")
@@ -760,13 +424,6 @@ def _check_deadline(context, when: str) -> None:
     remaining = context.time_remaining()
     if remaining is not None and remaining <= 0:
         raise RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded {when} ({remaining:.3f} s left)")
-
-
-def _mtime(path: str) -> Optional[float]:
-    try:
-        return os.stat(path).st_mtime if "://" not in path else None
-    except OSError:
-        return None
 
 
 class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -781,6 +438,16 @@ class _PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer)
     def GetModelMetadata(self, request, context):
         return self._server._handle("GetModelMetadata", self._server._get_model_metadata, request, context)
 
+    def Classify(self, request, context):
+        return self._server._handle("Classify", self._server._unimplemented("Classify"), request, context)
+
+    def Regress(self, request, context):
+        return self._server._handle("Regress", self._server._unimplemented("Regress"), request, context)
+
+    def MultiInference(self, request, context):
+        return self._server._handle("MultiInference", self._server._unimplemented("MultiInference"), request,
+                                    context)
+
 
 class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """ModelService: GetModelStatus (HandleReloadConfigRequest answers UNIMPLEMENTED)."""
@@ -790,6 +457,10 @@ class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 
     def GetModelStatus(self, request, context):
         return self._server._handle("GetModelStatus", self._server._get_model_status, request, context)
+
+    def HandleReloadConfigRequest(self, request, context):
+        return self._server._handle("HandleReloadConfigRequest",
+                                    self._server._unimplemented("HandleReloadConfigRequest"), request, context)
 
 
 def serve(model_config_file: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1",

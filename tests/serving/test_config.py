@@ -119,8 +119,20 @@ def test_serving_checks_round_trip(tmp_path):
     cfg.write_serving_checks(version_dir, checks)
     path = os.path.join(version_dir, "assets.extra", "serving_checks.json")
     assert json.load(open(path)) == {"allowed_values": {"domain": ["d0", "d1"], "slot": [0, 1]},
-                                     "max_length": {"hist_item_id": 50}, "max_batch_size": 256}
+                                     "max_length": {"hist_item_id": 50}, "max_batch_size": 256,
+                                     "reject_non_finite": True}
     assert cfg.read_serving_checks(version_dir) == checks
+    off = cfg.ServingChecks(reject_non_finite=False)
+    cfg.write_serving_checks(version_dir, off)
+    assert cfg.read_serving_checks(version_dir) == off
+
+
+def test_serving_checks_written_before_reject_non_finite_still_refuse_non_finite(tmp_path):
+    # An older export's file, without the key: non-finite floats are refused there too.
+    os.makedirs(tmp_path / "assets.extra")
+    (tmp_path / "assets.extra" / "serving_checks.json").write_text(
+        '{"allowed_values": {"domain": ["d0"]}, "max_length": {}, "max_batch_size": 8}')
+    assert cfg.read_serving_checks(str(tmp_path)).reject_non_finite is True
 
 
 @pytest.mark.parametrize("content, match", [
@@ -129,6 +141,7 @@ def test_serving_checks_round_trip(tmp_path):
     ('{"allowed_values": {"domain": []}}', "`allowed_values`"),
     ('{"max_length": {"hist": 0}}', "`max_length`"),
     ('{"max_batch_size": -1}', "`max_batch_size`"),
+    ('{"reject_non_finite": "yes"}', "`reject_non_finite`"),
 ])
 def test_serving_checks_errors(tmp_path, content, match):
     os.makedirs(tmp_path / "assets.extra")

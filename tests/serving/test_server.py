@@ -1,11 +1,12 @@
 """The embedded model server, called over gRPC on 127.0.0.1 with TF Serving's stock stubs.
 
-Tiny SavedModels (tf.Module + tf.function signatures) stand in for ours: `affine` (y = a x + b, with a
-raw `serving_default`, an `examples` signature over serialized tf.Example and a `sqrt` signature whose
-assertion fails on negative inputs), `rec` (a string domain and an id sequence, with
-serving_checks.json), `slow` (a validator that sleeps, for deadlines) and `swap` (a version replaced
-while requests run).
+Tiny SavedModels stand in for ours (`tests/serving/saved_models.py`): `affine`, `rec`, `slow` (affine
+behind a validator that sleeps, for deadlines), `swap` (affine, a version replaced while requests
+run) and `dom` (below: a domain and a domain history, checked as the export checks them). The
+checks themselves are tested in `test_request_checks.py` and version loading in `test_servables.py`;
+here, that their answers reach a client as TF Serving's would.
 """
+import logging
 import os
 import signal
 import subprocess
@@ -17,65 +18,48 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+                                     inference_pb2, model_management_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc, regression_pb2)
 
 from serving import config as cfg
 from serving.server import ModelServer
+from tests.serving.saved_models import write_affine, write_rec
 
 SERVER_MAX_BATCH = 16
 MAX_RECEIVE_BYTES = 1 << 20
 SLOW_VALIDATOR_SECONDS = 0.6
 
 
-class Affine(tf.Module):
-    def __init__(self, a, b):
-        super().__init__()
-        self.a = tf.Variable(float(a))
-        self.b = tf.Variable(float(b))
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
-    def serve(self, x):
-        return {"y": self.a * x + self.b, "x_squared": x * x}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def examples(self, examples):
-        x = tf.io.parse_example(examples, {"x": tf.io.FixedLenFeature([1], tf.float32)})["x"]
-        return {"y": self.a * x + self.b}
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
-    def sqrt(self, x):
-        with tf.control_dependencies([tf.debugging.assert_non_negative(x, message="x must be >= 0")]):
-            return {"y": tf.sqrt(x)}
-
-
-class Rec(tf.Module):
-    """score = sum of the ids + 100 for domain d1."""
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="domain"),
-                                  tf.TensorSpec([None, None], tf.int64, name="hist_item_id")])
-    def serve(self, domain, hist_item_id):
-        bonus = tf.where(tf.equal(domain, "d1"), 100.0, 0.0)
-        return {"score": tf.cast(tf.reduce_sum(hist_item_id, axis=1), tf.float32) + bonus,
-                "domain_upper": tf.strings.upper(domain)}
-
-
-def write_affine(path, a, b):
-    module = Affine(a, b)
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve.get_concrete_function(),
-                                                  "examples": module.examples.get_concrete_function(),
-                                                  "sqrt": module.sqrt.get_concrete_function()})
-
-
-def write_rec(path):
-    module = Rec()
-    tf.saved_model.save(module, path, signatures={"serving_default": module.serve.get_concrete_function()})
-    cfg.write_serving_checks(path, cfg.ServingChecks(allowed_values={"domain": ["d0", "d1"]},
-                                                     max_length={"hist_item_id": 4}, max_batch_size=8))
-
-
 def slow_validator(signature_name, inputs):
     time.sleep(SLOW_VALIDATOR_SECONDS)
+
+
+class DomainHistory(tf.Module):
+    """score = how many history positions are the row's domain; a StringLookup without OOV indices
+    (as the ranker's encoder) fails inside TensorFlow on a value outside d0, d1 and "" padding."""
+
+    def __init__(self):
+        super().__init__()
+        self.lookup = tf_keras.layers.StringLookup(vocabulary=["", "d0", "d1"], num_oov_indices=0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="domain"),
+                                  tf.TensorSpec([None, None], tf.string, name="hist_domain")])
+    def serve(self, domain, hist_domain):
+        same = tf.equal(self.lookup(hist_domain), self.lookup(domain)[:, None])
+        return {"score": tf.reduce_sum(tf.cast(same, tf.float32), axis=1)}
+
+
+# What serving.export writes for inputs whose vocabulary is the domain list (test_request_checks.py).
+DOM_CHECKS = cfg.ServingChecks(allowed_values={"domain": ["d0", "d1"], "hist_domain": ["d0", "d1", ""]})
+
+
+def write_dom(path):
+    module = DomainHistory()
+    tf.saved_model.save(module, path, signatures={"serving_default": module.serve.get_concrete_function()})
+    cfg.write_serving_checks(path, DOM_CHECKS)
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +69,12 @@ def export_dir(tmp_path_factory):
     write_rec(str(root / "rec" / "1"))
     write_affine(str(root / "slow" / "1"), a=2, b=1)
     write_affine(str(root / "swap" / "1"), a=2, b=1)
+    write_dom(str(root / "dom" / "1"))
     # Relative base paths: resolved against the config's folder.
     cfg.write_models_config(str(root / "models.config"), [
         cfg.ModelConfig("affine", "affine", version_labels={"stable": 1}),
-        cfg.ModelConfig("rec", "rec"), cfg.ModelConfig("slow", "slow"), cfg.ModelConfig("swap", "swap")])
+        cfg.ModelConfig("rec", "rec"), cfg.ModelConfig("slow", "slow"), cfg.ModelConfig("swap", "swap"),
+        cfg.ModelConfig("dom", "dom")])
     return root
 
 
@@ -144,7 +130,7 @@ def example(x):
 
 def test_server_binds_loopback_on_a_free_port(server):
     assert server.address == f"127.0.0.1:{server.port}" and server.port > 0
-    assert server.model_names == ["affine", "rec", "slow", "swap"]
+    assert server.model_names == ["affine", "dom", "rec", "slow", "swap"]
 
 
 @pytest.mark.parametrize("spec", [{}, {"version": 1}, {"label": "stable"}, {"signature": "serving_default"}])
@@ -218,37 +204,50 @@ def _status_request(name, version=None):
 
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
-D2 = np.array([b"d0", b"d1"], dtype=object)
 H2 = np.array([[1, 2], [3, 4]], np.int64)
 
 MALFORMED = {
-    "missing input": (lambda: request("rec", domain=D2), INVALID, ["missing", "hist_item_id"]),
-    "extra input": (lambda: request("affine", x=X, z=X), INVALID, ["unknown input", "'z'", "['x']"]),
-    "wrong dtype": (lambda: request("affine", x=X.astype(np.float64)), INVALID, ["'x'", "float64", "float32"]),
-    "wrong rank": (lambda: request("affine", x=X[:, 0]), INVALID, ["'x'", "shape [3]", "[?, 1]"]),
-    "wrong dim": (lambda: request("affine", x=np.zeros([3, 2], np.float32)), INVALID, ["'x'", "[3, 2]", "[?, 1]"]),
-    "string for number": (lambda: request("rec", domain=D2, hist_item_id=np.array([["1", "2"]] * 2)), INVALID,
-                          ["'hist_item_id'", "string", "int64"]),
-    "batch sizes differ": (lambda: request("rec", domain=D2, hist_item_id=np.ones([3, 2], np.int64)), INVALID,
-                           ["different batch sizes", "'domain': 2", "'hist_item_id': 3"]),
+    # The checks themselves: test_request_checks.py. These two show the server hands them its own
+    # maximum batch size and the version's serving_checks.json.
     "batch over the server maximum": (lambda: request("affine", x=np.zeros([SERVER_MAX_BATCH + 1, 1], np.float32)),
                                       INVALID, ["batch size 17", "maximum batch size 16"]),
-    "batch over the model maximum": (lambda: request("rec", domain=np.array([b"d0"] * 9, dtype=object),
-                                                     hist_item_id=np.ones([9, 2], np.int64)),
-                                     INVALID, ["batch size 9", "maximum batch size 8"]),
     "disallowed value": (lambda: request("rec", domain=np.array([b"d0", b"d9"], dtype=object), hist_item_id=H2),
                          INVALID, ["'domain'", "d9", "not allowed", "['d0', 'd1']"]),
-    "over-long sequence": (lambda: request("rec", domain=D2, hist_item_id=np.ones([2, 5], np.int64)), INVALID,
-                           ["'hist_item_id'", "length 5", "maximum 4"]),
     "error inside the model": (lambda: request("affine", signature="sqrt", x=X), INVALID, ["x must be >= 0"]),
+    # Refused before TensorFlow runs (the model's runs are counted in test_checked_before_the_model_runs).
+    "NaN in a float input": (lambda: request("affine", x=np.array([[1.0], [np.nan], [2.0]], np.float32)), INVALID,
+                             ["input 'x' has non-finite value(s) [nan] (1 of 3 values, first at index [1, 0])"]),
+    "Inf in a float input": (lambda: request("affine", x=np.array([[np.inf], [-np.inf], [2.0]], np.float32)),
+                             INVALID, ["input 'x' has non-finite value(s) [inf, -inf]"]),
+    "unknown domain in the history": (lambda: request("dom", domain=DOM, hist_domain=HIST_D7), INVALID,
+                                      ["input 'hist_domain' has value(s) not allowed: ['d7']; "
+                                       "allowed: ['d0', 'd1', '']"]),
+    "fewer values than the shape": (lambda: _with_input(request("affine"), "x", SHORT_X), INVALID,
+                                    ["input 'x' declares shape [3, 1] (3 values) but holds 2 values in float_val"]),
     "unknown output": (lambda: _with_filter(request("affine", x=X), "z"), INVALID, ["'z'", "['x_squared', 'y']"]),
-    "unknown model": (lambda: request("ranker", x=X), NOT_FOUND, ["'ranker'", "['affine', 'rec', 'slow', 'swap']"]),
+    "unknown model": (lambda: request("ranker", x=X), NOT_FOUND,
+                      ["'ranker'", "['affine', 'dom', 'rec', 'slow', 'swap']"]),
     "empty model name": (lambda: request("", x=X), INVALID, ["model_spec.name is empty"]),
     "unknown version": (lambda: request("affine", version=7, x=X), NOT_FOUND, ["version 7", "loaded versions: [1]"]),
     "unknown label": (lambda: request("affine", label="canary", x=X), NOT_FOUND, ["'canary'", "'stable': 1"]),
     "unknown signature": (lambda: request("affine", signature="score", x=X), NOT_FOUND,
                           ["'score'", "['examples', 'serving_default', 'sqrt']"]),
 }
+
+
+DOM = np.array([b"d0", b"d1"], dtype=object)
+HIST = np.array([[b"d0", b"d0", b""], [b"d0", b"d1", b""]], dtype=object)
+HIST_D7 = np.array([[b"d0", b"d7", b""], [b"d0", b"d1", b""]], dtype=object)
+# float32 [3, 1] with 2 values: tf.make_ndarray would pad it to [1, 2, 2].
+SHORT_X = tensor_pb2.TensorProto(
+    dtype=types_pb2.DT_FLOAT, float_val=[1.0, 2.0],
+    tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=3),
+                                                        tensor_shape_pb2.TensorShapeProto.Dim(size=1)]))
+
+
+def _with_input(req, name, proto):
+    req.inputs[name].CopyFrom(proto)
+    return req
 
 
 def _with_filter(req, name):
@@ -276,7 +275,7 @@ def test_malformed_predict_requests(predict, case):
     (lambda p, m: m.GetModelStatus(_status_request("nope"), timeout=10), NOT_FOUND, "'nope'"),
     (lambda p, m: m.GetModelStatus(_status_request("affine", 3), timeout=10), NOT_FOUND, "versions: [1]"),
     (lambda p, m: p.Classify(classification_pb2.ClassificationRequest(), timeout=10),
-     grpc.StatusCode.UNIMPLEMENTED, ""),
+     grpc.StatusCode.UNIMPLEMENTED, "Classify is not implemented"),
     (lambda p, m: p.Predict(request("affine", x=np.zeros([MAX_RECEIVE_BYTES // 4 + 10, 1], np.float32)), timeout=10),
      grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
 ])
@@ -284,6 +283,47 @@ def test_other_bad_requests(predict, models, call, code, fragment):
     with pytest.raises(grpc.RpcError) as info:
         call(predict, models)
     assert info.value.code() == code and fragment in (info.value.details() or ""), info.value.details()
+
+
+def test_checked_before_the_model_runs(server, predict):
+    # A domain-valued sequence with a known domain or "" padding runs the model ...
+    out = outputs(predict.Predict(request("dom", domain=DOM, hist_domain=HIST), timeout=10))
+    np.testing.assert_allclose(out["score"], [2.0, 1.0])
+    # ... one outside the domains is refused without running it (TensorFlow's StringLookup would fail).
+    runs = server.stats()["model_runs"]
+    for make in (lambda: request("dom", domain=DOM, hist_domain=HIST_D7),
+                 lambda: request("affine", x=np.array([[np.nan]], np.float32)),
+                 lambda: _with_input(request("affine"), "x", SHORT_X)):
+        with pytest.raises(grpc.RpcError) as info:
+            predict.Predict(make(), timeout=10)
+        assert info.value.code() == INVALID and "\n" not in info.value.details(), info.value.details()
+    assert server.stats()["model_runs"] == runs
+
+
+UNIMPLEMENTED_CALLS = {
+    "Classify": lambda p, m: p.Classify(classification_pb2.ClassificationRequest(), timeout=10),
+    "Regress": lambda p, m: p.Regress(regression_pb2.RegressionRequest(), timeout=10),
+    "MultiInference": lambda p, m: p.MultiInference(inference_pb2.MultiInferenceRequest(), timeout=10),
+    "HandleReloadConfigRequest": lambda p, m: m.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(),
+                                                                          timeout=10),
+}
+
+
+@pytest.mark.parametrize("method", sorted(UNIMPLEMENTED_CALLS))
+def test_unimplemented_methods_log_one_line(predict, models, caplog, method):
+    with caplog.at_level(logging.DEBUG):
+        with pytest.raises(grpc.RpcError) as info:
+            UNIMPLEMENTED_CALLS[method](predict, models)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert info.value.details().startswith(f"{method} is not implemented by the embedded model server")
+    # One line of ours, no traceback (gRPC logs one at ERROR when a handler raises).
+    records = [r for r in caplog.records if method in r.getMessage()]
+    assert [r.levelno for r in records] == [logging.WARNING], [r.getMessage() for r in records]
+    assert "\n" not in records[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    # The server answers the next request.
+    after = predict.Predict(request("affine", x=X), timeout=10)
+    np.testing.assert_allclose(outputs(after)["y"], [[1.0], [4.0], [-3.0]])
 
 
 def test_deadline_passed_before_the_model_runs(server, predict):
