@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv clean
+.PHONY: demo test lint venv clean
 
 venv: $(VENV)/.installed
 
@@ -19,8 +19,12 @@ $(VENV)/.installed: setup.py constraints.txt
 demo: venv
 	$(BIN)/mdr demo --output $(DEMO_DIR)
 
-test: venv
+# The one-way imports first (.importlinter): a wrong import fails in seconds, naming both modules.
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+lint: venv
+	$(BIN)/lint-imports
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .import_linter_cache

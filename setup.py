@@ -29,9 +29,10 @@ setuptools.setup(
     version="0.1.0",
     description="Multi-domain recommendation: Beam preprocessing, ADI/ADS/D3 Keras models, TF Serving.",
     python_requires=">=3.10,<3.12",
-    packages=setuptools.find_packages(include=["pipeline", "pipeline.*", "mdr_keras", "mdr_keras.*",
+    packages=setuptools.find_packages(include=["mdr_contract", "mdr_contract.*", "pipeline", "pipeline.*",
+                                               "mdr_keras", "mdr_keras.*", "mdr", "mdr.*",
                                                "serving", "serving.*", "benchmarks", "benchmarks.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==8.3.5", "pytest-timeout==2.4.0"]},
-    entry_points={"console_scripts": ["mdr = mdr_keras.cli:main"]},
+    extras_require={"test": ["pytest==8.3.5", "pytest-timeout==2.4.0", "import-linter==2.17"]},
+    entry_points={"console_scripts": ["mdr = mdr.cli:main"]},
 )

@@ -16,7 +16,6 @@ import collections
 import os
 import sys
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -25,7 +24,7 @@ def clicks(data_dir: str, split: str, user_feature=None):
     import tensorflow as tf
 
     from mdr_keras import data
-    from mdr_keras import feature_spec as fs
+    from mdr_contract import feature_spec as fs
 
     spec = fs.FeatureSpec.load(data_dir)
     names = [fs.ITEM_ID, fs.DOMAIN, fs.LABEL] + ([user_feature] if user_feature else [])

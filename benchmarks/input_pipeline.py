@@ -32,7 +32,6 @@ import os
 import sys
 import time
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -89,7 +88,7 @@ def run(args):
 
     from benchmarks.models import parse_model
     from mdr_keras import data, training
-    from mdr_keras import feature_spec as fs
+    from mdr_contract import feature_spec as fs
     from mdr_keras.models import retrieval
 
     name, overrides = parse_model(args.model)

@@ -21,7 +21,6 @@ import os
 import statistics
 import sys
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -64,7 +63,7 @@ def train_config(label, task, args, seed=0):
 def check_models(labels, task, data_dir, args):
     """Builds every variant once (no training), so a bad one stops the run before hours of work."""
     from mdr_keras import training
-    from mdr_keras.feature_spec import FeatureSpec
+    from mdr_contract.feature_spec import FeatureSpec
 
     spec = FeatureSpec.load(data_dir)
     for label in labels:
@@ -98,7 +97,7 @@ def _cell(values, fmt="{:.4f}"):
 def table(results, task, baseline=None, markdown=False) -> str:
     """The results as one aligned text table (or a Markdown table), a row per model; the runs of one
     model over several seeds share a row (mean +- sd)."""
-    from mdr_keras.models.ranker import auc_improvement
+    from mdr_keras.evaluation import auc_improvement
 
     by_model = {}
     for r in results:

@@ -10,8 +10,6 @@ import os
 import sys
 import tempfile
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-
 
 def main(argv=None):
     from pipeline import preprocess

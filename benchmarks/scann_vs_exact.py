@@ -25,8 +25,6 @@ import os
 import sys
 import time
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
-
 
 def clustered_unit_vectors(items, dim, clusters, seed):
     """`items` unit vectors around `clusters` random centers (noise of a cluster's spread)."""

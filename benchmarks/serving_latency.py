@@ -26,18 +26,22 @@ import sys
 import threading
 import time
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from mdr_contract import artifacts  # noqa: E402  (plain Python: no TensorFlow yet)
+
 DEMO_DIR = os.path.join("runs", "demo")
-STORE_FILENAME = "feature_store.jsonl.gz"
 
 
 def demo_outputs(demo_dir=DEMO_DIR):
-    """(export dir, store file) of `mdr demo` in `demo_dir`, running `mdr demo` first if needed."""
-    export_dir, store = os.path.join(demo_dir, "export"), os.path.join(demo_dir, STORE_FILENAME)
-    if not (os.path.exists(os.path.join(export_dir, "models.config")) and os.path.exists(store)):
-        from mdr_keras import cli
+    """(export dir, data dir with the feature store) of `mdr demo` in `demo_dir`, running `mdr demo`
+    first if needed."""
+    from mdr import demo
+
+    export_dir, store = os.path.join(demo_dir, demo.EXPORT), os.path.join(demo_dir, demo.DATA)
+    if not (os.path.exists(os.path.join(export_dir, artifacts.MODELS_CONFIG))
+            and os.path.isdir(os.path.join(store, artifacts.STORE))):
+        from mdr import cli
 
         print(f"no demo export under {demo_dir}: running `mdr demo --output {demo_dir}` first", flush=True)
         if cli.main(["demo", "--output", demo_dir, "--port", "0"]) != 0:
@@ -73,7 +77,7 @@ def load_signature(export_dir, model):
     version = cfg.list_versions(base)[-1]
     if model.endswith("scann"):
         import scann  # noqa: F401  registers the ScaNN ops of the graph
-    return tf.saved_model.load(os.path.join(base, str(version))).signatures["serving_default"], version
+    return tf.saved_model.load(os.path.join(base, str(version))).signatures[artifacts.DEFAULT_SIGNATURE], version
 
 
 def in_process_call(signature, inputs_info, columns):
@@ -180,8 +184,8 @@ def format_latency(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export-dir", help="an `mdr export` folder (default: runs/demo/export)")
-    parser.add_argument("--store", help="feature store file (or preprocessing output folder); default: the one "
-                        "next to the export (<export-dir>/../feature_store.jsonl.gz)")
+    parser.add_argument("--store", help="preprocessing output folder with the feature store; default: the one "
+                        "next to the export (<export-dir>/../data)")
     parser.add_argument("--mode", default="both", choices=("both", "latency", "load"))
     parser.add_argument("--k", type=int, default=100, help="candidates per retrieval request")
     parser.add_argument("--items", type=int, default=100, help="items per ranker request")
@@ -197,18 +201,17 @@ def main(argv=None):
 
     if args.export_dir:
         export_dir = args.export_dir
-        store_path = args.store or os.path.join(os.path.dirname(os.path.abspath(export_dir)), STORE_FILENAME)
+        store_path = args.store or os.path.join(os.path.dirname(os.path.abspath(export_dir)), "data")
     else:
         export_dir, store_path = demo_outputs()
         store_path = args.store or store_path
 
     from serving import client as sc
-    from serving import export as ex
+    from serving.feature_store import FeatureStore
     from serving.server import ModelServer
 
-    store = sc.FeatureStore.load(store_path) if os.path.isfile(store_path) else \
-        sc.FeatureStore.from_data_dir(store_path)
-    with ModelServer(os.path.join(export_dir, ex.MODELS_CONFIG), port=0, max_workers=max(8, args.threads),
+    store = FeatureStore.load(store_path)
+    with ModelServer(os.path.join(export_dir, artifacts.MODELS_CONFIG), port=0, max_workers=max(8, args.threads),
                      poll_interval=0) as server, sc.Client(server.address, timeout=30.0) as client:
         print(f"serving {', '.join(server.model_names)} of {export_dir} on {server.address}; "
               f"store {store_path}; {os.cpu_count()} CPU(s)", flush=True)

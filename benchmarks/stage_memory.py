@@ -4,7 +4,7 @@
     python -m benchmarks.stage_memory --output /tmp/stages-ml1m --source movielens-1m \\
         --input ../shared/datasets/movielens-1m [--steps-per-epoch 100] [--json PATH]
 
-Stages, one after the other, each a real command line (`python -m mdr_keras.cli ...`) in a child
+Stages, one after the other, each a real command line (`python -m mdr.cli ...`) in a child
 process of this one:
 
     generate         `mdr generate` (synthetic source only; sizes from --users / --items / --seed)
@@ -70,7 +70,7 @@ class Stage:
 
     def __init__(self, name, args, log_dir):
         self.name = name
-        self.argv = [sys.executable, "-m", "mdr_keras.cli"] + [str(a) for a in args]
+        self.argv = [sys.executable, "-m", "mdr.cli"] + [str(a) for a in args]
         slug = re.sub(r"\W+", "_", name)
         self.out_path = os.path.join(log_dir, f"{slug}.out")
         self.err_path = os.path.join(log_dir, f"{slug}.err")
@@ -149,7 +149,7 @@ def wait_until_serving(stage, timeout):
 
 def first_user_and_domain(data_dir):
     """(user id, domain) to query: the first user of the user vocabulary, the first domain of the spec."""
-    from mdr_keras import feature_spec as fs  # plain Python: the parent still imports no TensorFlow
+    from mdr_contract import feature_spec as fs  # plain Python: the parent still imports no TensorFlow
 
     spec = fs.FeatureSpec.load(data_dir)
     return spec.vocabulary(fs.USER_ID)[0], spec.domains[0]

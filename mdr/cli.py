@@ -6,13 +6,13 @@
     mdr evaluate   --model-dir DIR --data DIR [--split eval --baseline OTHER_MODEL_DIR]
     mdr export     --retrieval-model-dir DIR --ranker-model-dir DIR --data DIR --export-dir DIR [-k 100]
     mdr serve      --model-config-file EXPORT_DIR/models.config [--port 8500 --host 127.0.0.1]
-    mdr query      {candidates,scores} --server HOST:PORT --store FILE --domain D --user U [-k K | --items ...]
-    mdr recommend  --server HOST:PORT --store FILE --domain D --user U [-n 10 -k 100]
+    mdr query      {candidates,scores} --server HOST:PORT --store DATA_DIR --domain D --user U [-k K | --items ...]
+    mdr recommend  --server HOST:PORT --store DATA_DIR --domain D --user U [-n 10 -k 100]
     mdr demo       --output DIR [--source ... --input ...]
     mdr report     RUN_DIR [--output DIR --data DIR --max-examples N]
 
 Misuse exits with status 2 and a message naming the flag; an unusable input exits with status 1
-and says why, before any work starts.
+and says why, before any work starts. The demo's stages live in `mdr.demo`, the report in `mdr.report`.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import os
 import sys
 import warnings
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
+# (Keras 2 was switched on by importing the `mdr` package: `mdr_contract`.)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # CUDA-probe chatter on CPU machines
 # Beam's local workers are subprocesses: they inherit this, and stop warning about Python 3.11's EOL.
 os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
@@ -100,13 +100,14 @@ def _train(args) -> int:
 def _evaluate_and_print(model_dir, data_dir, split, baseline_dir, ks=(10, 50)) -> int:
     import json
 
+    from mdr_contract import artifacts
     from mdr_keras import training
 
     baseline = None
     if baseline_dir:
-        path = os.path.join(baseline_dir, training.METRICS_FILENAME)
+        path = os.path.join(baseline_dir, artifacts.METRICS)
         if not os.path.exists(path):
-            raise FileNotFoundError(f"--baseline {baseline_dir} has no {training.METRICS_FILENAME}; "
+            raise FileNotFoundError(f"--baseline {baseline_dir} has no {artifacts.METRICS}; "
                                     "run `mdr evaluate` on it first")
         with open(path) as f:
             baseline = json.load(f)
@@ -114,7 +115,7 @@ def _evaluate_and_print(model_dir, data_dir, split, baseline_dir, ks=(10, 50)) -
     if baseline is not None and baseline.get("task") != metrics["task"]:
         raise ValueError(f"--baseline is a {baseline.get('task')} model, {model_dir} a {metrics['task']} model")
     print(training.format_metrics(metrics, baseline))
-    print(f"wrote {os.path.join(model_dir, training.METRICS_FILENAME)}")
+    print(f"wrote {os.path.join(model_dir, artifacts.METRICS)}")
     return 0
 
 
@@ -122,21 +123,13 @@ def _evaluate(args) -> int:
     return _evaluate_and_print(args.model_dir, args.data, args.split, args.baseline, ks=tuple(args.k))
 
 
-def _export_and_report(retrieval_model_dir, ranker_model_dir, data_dir, export_dir, **kwargs) -> None:
-    """`export.export_models`, then its report written beside the versions and printed."""
-    from serving import export
-
-    report = export.export_models(retrieval_model_dir, ranker_model_dir, data_dir, export_dir, **kwargs)
-    export.write_report(report, os.path.join(export_dir, f"export_report_v{report['version']}.json"))
-    print(export.format_report(report))
-
-
 def _export(args) -> int:
-    from serving import index
+    from serving import export, index
 
     config = index.IndexConfig(num_neighbors=args.k, min_recall=args.min_recall)
-    _export_and_report(args.retrieval_model_dir, args.ranker_model_dir, args.data, args.export_dir,
-                       version=args.version, index_config=config, k=args.k)
+    report = export.export_models(args.retrieval_model_dir, args.ranker_model_dir, args.data, args.export_dir,
+                                  version=args.version, index_config=config, k=args.k)
+    print(export.format_report(report))
     return 0
 
 
@@ -154,9 +147,9 @@ def _serve(args) -> int:
 
 def _client_and_store(args):
     from serving import client
+    from serving.feature_store import FeatureStore
 
-    store = client.FeatureStore.load(args.store) if os.path.isfile(args.store) \
-        else client.FeatureStore.from_data_dir(args.store)
+    store = FeatureStore.load(args.store)
     return client.Client(args.server, timeout=args.timeout, use_examples=args.examples), store
 
 
@@ -186,8 +179,17 @@ def _recommend(args) -> int:
     return 0
 
 
+def _demo(args, beam_args) -> int:
+    from mdr import demo
+
+    return demo.run(demo.DemoConfig(
+        output=args.output, source=args.source, input=args.input, seed=args.seed,
+        retrieval_epochs=args.retrieval_epochs, ranker_epochs=args.ranker_epochs, host=args.host, port=args.port,
+        keep_serving=args.keep_serving, stop_after_preprocess=args.stop_after_preprocess), beam_args)
+
+
 def _report(args) -> int:
-    from mdr_keras import report
+    from mdr import report
 
     path = report.build_report(args.run_dir, output_dir=args.output, data_dir=args.data,
                                max_examples=args.max_examples)
@@ -197,156 +199,12 @@ def _report(args) -> int:
 
 def _add_client_arguments(p):
     p.add_argument("--server", default="127.0.0.1:8500", help="host:port of TF Serving or `mdr serve`")
-    p.add_argument("--store", required=True,
-                   help="feature store file (written by `mdr demo`) or a preprocessing output folder")
+    p.add_argument("--store", required=True, metavar="DATA_DIR",
+                   help="output folder of `mdr preprocess`: its feature store (store/, items/) gives the features")
     p.add_argument("--domain", required=True)
     p.add_argument("--user", required=True)
     p.add_argument("--timeout", type=float, default=5.0, help="deadline of each RPC in seconds")
     p.add_argument("--examples", action="store_true", help="call the `examples` signatures (tf.Example)")
-
-
-def sample_record(data_dir: str, split: str = "train", scan: int = 200) -> dict:
-    """A record of a split with a behaviour sequence (among the first `scan`), read back with tf.data."""
-    import tensorflow as tf
-
-    from mdr_keras.feature_spec import FeatureSpec
-
-    spec = FeatureSpec.load(data_dir)
-    files = sorted(tf.io.gfile.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))
-    for n, serialized in enumerate(tf.data.TFRecordDataset(files, compression_type="GZIP").take(scan)):
-        parsed = tf.io.parse_single_example(serialized, spec.tf_parse_spec())
-        if parsed["hist_len"] == 0 and n < scan - 1:
-            continue
-        out = {}
-        for name, value in parsed.items():
-            v = value.numpy()
-            if getattr(v, "ndim", 0):
-                v = [x.decode() if isinstance(x, bytes) else x.item() for x in v]
-                if name.startswith("hist_") or spec[name].is_list:
-                    v = [x for x in v if x != ""]
-            elif isinstance(v, bytes):
-                v = v.decode()
-            else:
-                v = v.item()
-            out[name] = v
-        return out
-    raise ValueError(f"no {split} records in {data_dir}")
-
-
-DEMO_STAGES = 8
-
-
-def _stage(n, text):
-    print(f"[{n}/{DEMO_STAGES}] {text}", flush=True)
-
-
-def _demo(args, beam_args) -> int:
-    """The whole system on one machine: logs -> Beam -> ADI + ranker -> export -> gRPC answers."""
-    from pipeline import preprocess, synthetic
-
-    out = args.output
-    data_dir = os.path.join(out, "data")
-    if args.source == "synthetic":
-        raw_dir = args.input or os.path.join(out, "raw")
-        if not args.input:
-            _stage(1, f"generating synthetic logs (seed {args.seed}) -> {raw_dir}")
-            info = synthetic.generate(raw_dir, synthetic.SyntheticConfig(seed=args.seed))
-            print(f"      {info['events']:,} events, domains {info['events_per_domain']}", flush=True)
-    elif not args.input:
-        raise SystemExit(f"mdr demo: --source {args.source} needs --input")
-    else:
-        raw_dir = args.input
-    _stage(2, f"Beam preprocessing ({args.source}) -> {data_dir}")
-    config = preprocess.PreprocessConfig(
-        source=args.source, input=raw_dir, output=data_dir, overwrite=True,
-        split="random" if args.source == "movielens-1m" else "time",
-        max_domains=preprocess.TAOBAO_DEFAULT_DOMAINS if args.source == "taobao" else None)
-    metadata = preprocess.preprocess(config, beam_args)
-    print(preprocess.summary(metadata))
-    record = sample_record(data_dir)
-    print("sample train record:")
-    for name, value in record.items():
-        if isinstance(value, list) and len(value) > 8:
-            value = value[:8] + [f"... {len(value)} values"]
-        print(f"  {name:24s} {value}")
-    if args.stop_after_preprocess:
-        print(f"artifacts under {out}/: raw/ (logs), data/ (TFRecords, vocab/, feature_spec.json, metadata.json)")
-        return 0
-    return _demo_models_and_serving(args, data_dir)
-
-
-def _demo_models_and_serving(args, data_dir) -> int:
-    from mdr_keras import training
-
-    out = args.output
-    models = os.path.join(out, "models")
-    runs = [(3, "adi", "retrieval", args.retrieval_epochs), (4, "ranker", "ranking", args.ranker_epochs)]
-    for n, model, task, epochs in runs:
-        model_dir = os.path.join(models, model)
-        _stage(n, f"training {model} ({task}, {epochs} epoch(s)) -> {model_dir}")
-        if os.path.isdir(model_dir):
-            import shutil
-
-            shutil.rmtree(model_dir)  # a demo run starts fresh, never resumes an older one
-        config = training.TrainConfig(model=model, task=task, epochs=epochs, batch_size=512, patience=0,
-                                      learning_rate=2e-3, seed=args.seed)
-        summary = training.train(data_dir, model_dir, config, verbose=0)
-        print(f"      {summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s", flush=True)
-        print(training.format_metrics(training.evaluate(model_dir, data_dir, "eval", ks=(10, 50))))
-
-    from serving import client as serving_client
-    from serving import export, server
-
-    export_dir = os.path.join(out, "export")
-    _stage(5, f"exporting SavedModels + per-domain ScaNN index -> {export_dir}")
-    _export_and_report(os.path.join(models, "adi"), os.path.join(models, "ranker"), data_dir, export_dir)
-
-    store_path = os.path.join(out, "feature_store.jsonl.gz")
-    _stage(6, f"feature store for query time (latest features per user and item) -> {store_path}")
-    store = serving_client.FeatureStore.from_data_dir(data_dir)
-    store.save(store_path)
-
-    from mdr_keras import report as run_report
-
-    _stage(7, f"report: metrics, training curves, domain attention -> {os.path.join(out, 'report')}")
-    page = run_report.build_report(out, data_dir=data_dir)
-    print(f"      open {page}", flush=True)
-
-    config_file = os.path.join(export_dir, export.MODELS_CONFIG)
-    model_server = server.ModelServer(config_file, host=args.host, port=args.port)
-    model_server.start()
-    try:
-        _stage(8, f"model server up on {model_server.address} (TF Serving gRPC API): "
-                  f"{', '.join(model_server.model_names)}")
-        with serving_client.Client(model_server.address, timeout=10.0) as c:
-            for domain in store.domains:
-                users = store.user_ids(domain)
-                if not users:
-                    continue
-                user = users[0]
-                candidates = c.candidates(domain, user, 5, store)
-                print(serving_client.format_candidates(domain, user, candidates))
-                print(serving_client.format_recommendations(domain, user, c.recommend(domain, user, store, n=5)))
-        print("query it yourself, e.g.:")
-        user = store.user_ids(store.domains[0])[0]
-        print(f"  {sys.argv[0] if sys.argv[0].endswith('mdr') else 'mdr'} recommend --server {model_server.address} "
-              f"--store {store_path} --domain {store.domains[0]} --user {user}")
-        if not args.keep_serving:
-            print("stopping the model server (`mdr demo --keep-serving` leaves it up; "
-                  f"`mdr serve --model-config-file {config_file}` serves the export again)")
-            return 0
-        print("serving until Ctrl-C", flush=True)
-        import threading
-
-        stop = threading.Event()
-        try:
-            while not stop.wait(1.0):
-                pass
-        except KeyboardInterrupt:
-            pass
-        return 0
-    finally:
-        model_server.stop(2.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -457,10 +315,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _ServingError(Exception):
-    """Stands for serving.client.ServingError until a serving command imports it (it needs TensorFlow)."""
-
-
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)
@@ -472,10 +326,11 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     from pipeline.sources import InputError
 
-    global _ServingError
+    user_errors = (InputError, ValueError, FileNotFoundError)  # an unusable input: exit 1 with its message
     if args.command in ("query", "recommend"):
-        from serving.client import ServingError as _ServingError  # a failed RPC: exit 1 with its message
+        from serving.client import ServingError  # a failed RPC (imported only here: it needs TensorFlow)
 
+        user_errors += (ServingError,)
     try:
         if args.command == "generate":
             return _generate(args)
@@ -498,7 +353,7 @@ def main(argv=None) -> int:
             return _evaluate(args)
         if args.command == "report":
             return _report(args)
-    except (InputError, ValueError, FileNotFoundError, _ServingError) as e:
+    except user_errors as e:
         print(f"mdr {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 2

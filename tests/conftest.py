@@ -1,7 +1,8 @@
 """Test set-up: Keras 2 before TensorFlow, quiet logs, and the shared fixtures."""
 import os
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import mdr_contract  # noqa: F401  (Keras 2, set in the one place every entry point passes through)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402

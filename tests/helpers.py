@@ -26,7 +26,7 @@ def read_records(data_dir, split):
     """Every record of a split, read back with tf.data and parsed with the job's feature spec."""
     import tensorflow as tf
 
-    from mdr_keras.feature_spec import FeatureSpec
+    from mdr_contract.feature_spec import FeatureSpec
 
     spec = FeatureSpec.load(data_dir)
     files = sorted(glob.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))

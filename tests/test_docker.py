@@ -14,6 +14,16 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKER = os.path.join(ROOT, "docker")
 DOCKERFILES = ("Dockerfile.train", "Dockerfile.serving", "Dockerfile.serving-scann")
+
+
+def _installed_packages():
+    """The top-level packages setup.py installs (its find_packages include list)."""
+    with open(os.path.join(ROOT, "setup.py"), encoding="utf-8") as f:
+        include = re.search(r"find_packages\(include=\[(.*?)\]\)", f.read(), re.S).group(1)
+    return sorted({name for name in re.findall(r'"([\w.*]+)"', include) if "." not in name})
+
+
+INSTALLED_PACKAGES = _installed_packages()
 SERVICES = {"train": "Dockerfile.train", "tf-serving": "Dockerfile.serving",
             "scann-serving": "Dockerfile.serving-scann"}
 
@@ -105,12 +115,12 @@ def test_copied_files_exist_and_installs_use_the_constraints(name):
             assert "-c constraints.txt" in args and "-e ." in args, f"{name}: {args}"
             assert {"constraints.txt", "setup.py"} <= copied, f"{name}: pip runs before its files are copied"
             # Every package setup.py installs must be in the image.
-            for package in ("pipeline", "mdr_keras", "serving", "benchmarks"):
+            for package in INSTALLED_PACKAGES:
                 assert package in copied, f"{name}: {package} not copied"
 
 
 def test_scann_image_command_parses_as_mdr_serve():
-    from mdr_keras import cli
+    from mdr import cli
 
     cmd = json.loads(dict(instructions("Dockerfile.serving-scann"))["CMD"])
     args, unknown = cli.build_parser().parse_known_args(["serve"] + cmd)
@@ -160,10 +170,11 @@ def test_compose_file():
 def test_stock_serving_config_leaves_out_scann(tmp_path):
     # Stock TF Serving refuses to start when a model of its config fails to load, and it cannot load
     # retrieval_scann (ScaNN's custom ops): the config Dockerfile.serving reads must not name it.
+    from mdr_contract import artifacts
     from serving import config as cfg
     from serving import export
 
-    for model in export.MODEL_NAMES:
+    for model in artifacts.MODEL_NAMES:
         os.makedirs(tmp_path / model / "1")
     paths = export.write_configs(str(tmp_path), cfg.BatchingConfig(max_batch_size=64))
     assert os.path.basename(paths["models_docker_config"]) == "models.docker.config"

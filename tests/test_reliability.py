@@ -29,12 +29,13 @@ import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from benchmarks import serving_latency
-from mdr_keras import cli
+from mdr import cli
+from mdr_contract import artifacts
 from mdr_keras import data
-from mdr_keras import training
 from serving import client as sc
 from serving import config as cfg
 from serving import export as ex
+from serving.feature_store import FeatureStore, to_examples
 from serving.server import ModelServer
 from tests import helpers
 
@@ -60,7 +61,7 @@ def spawn(args, log_path):
     """`mdr ARGS` in a new process group (so SIGKILL reaches all of it), output to `log_path`."""
     log = open(log_path, "w")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen([sys.executable, "-m", "mdr_keras.cli", *args], cwd=REPO, env=env, stdout=log,
+    process = subprocess.Popen([sys.executable, "-m", "mdr.cli", *args], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     process.log = log
     return process
@@ -133,7 +134,7 @@ def history_epochs(model_dir):
 
 
 def overall(model_dir):
-    with open(os.path.join(model_dir, training.METRICS_FILENAME)) as f:
+    with open(os.path.join(model_dir, artifacts.METRICS)) as f:
         metrics = json.load(f)["overall"]
     return {k: round(metrics[k], 4) for k in ("recall@10", "recall@50")}
 
@@ -241,7 +242,7 @@ def assert_refused_as_incomplete(data_dir, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="no _SUCCESS"):
         data.make_dataset(data_dir, "train", 8)
     with pytest.raises(FileNotFoundError, match="no _SUCCESS"):
-        sc.FeatureStore.from_data_dir(data_dir)
+        FeatureStore.load(data_dir)
     with pytest.raises(FileNotFoundError, match="no _SUCCESS"):
         preprocess.read_metadata(data_dir)
     capsys.readouterr()
@@ -312,7 +313,8 @@ def exported(tiny_models, tmp_path_factory):
     export_dir = str(root / "export")
     ex.export_models(retrieval_dir, ranker_dir, data_dir, export_dir, k=K)
     return {"data": data_dir, "retrieval": retrieval_dir, "ranker": ranker_dir, "export": export_dir,
-            "config": os.path.join(export_dir, ex.MODELS_CONFIG), "store": sc.FeatureStore.from_data_dir(data_dir)}
+            "config": os.path.join(export_dir, artifacts.MODELS_CONFIG),
+            "store": FeatureStore.load(data_dir)}
 
 
 @pytest.fixture(scope="module")
@@ -402,12 +404,12 @@ def wait_for_versions(server, version, timeout=120):
 def example_request(store, model):
     """A valid `examples`-signature PredictRequest of `model` (serialized tf.Examples from the store)."""
     domain = store.domains[0]
-    items = store.item_ids(domain)[:3] if model in (ex.RANKER, ex.ITEM_TOWER) else None
+    items = store.item_ids(domain)[:3] if model in (artifacts.RANKER, artifacts.ITEM_TOWER) else None
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
-    request.model_spec.signature_name = ex.EXAMPLES_SIGNATURE
-    serialized = sc.to_examples(store.features(store.user_ids(domain)[0], domain, items))
-    request.inputs[ex.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(serialized))
+    request.model_spec.signature_name = artifacts.EXAMPLES_SIGNATURE
+    serialized = to_examples(store.features(store.user_ids(domain)[0], domain, items))
+    request.inputs[artifacts.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(serialized))
     return request
 
 
@@ -422,16 +424,17 @@ def test_a_killed_export_is_never_loaded_and_its_rerun_is(exported, server, tmp_
         log = tmp_path / "export.log"
         process = spawn(args, log)
         # Killed while the first model's SavedModel is being written to its temporary folder.
-        wait_until(lambda: glob.glob(os.path.join(export_dir, "*", f"{ex.TMP_PREFIX}{version}")), process, log,
-                   timeout=300)
+        wait_until(lambda: glob.glob(os.path.join(export_dir, "*", f"{artifacts.EXPORT_TMP_PREFIX}{version}")),
+                   process, log, timeout=300)
         kill(process)
         leftovers = sorted(os.path.relpath(p, export_dir) for p in glob.glob(os.path.join(export_dir, "*", ".tmp-*")))
         assert leftovers
         assert not glob.glob(os.path.join(export_dir, "*", str(version)))  # nothing was published
         # A hand-made half-written version, as a killed writer of any model would leave it.
-        partial = os.path.join(export_dir, ex.RANKER, f"{ex.TMP_PREFIX}{version + 7}")
+        partial = os.path.join(export_dir, artifacts.RANKER, f"{artifacts.EXPORT_TMP_PREFIX}{version + 7}")
         os.makedirs(os.path.join(partial, "variables"))
-        with open(os.path.join(export_dir, ex.RANKER, str(before[ex.RANKER][-1]), "saved_model.pb"), "rb") as f:
+        latest = os.path.join(export_dir, artifacts.RANKER, str(before[artifacts.RANKER][-1]))
+        with open(os.path.join(latest, "saved_model.pb"), "rb") as f:
             head = f.read(1000)
         with open(os.path.join(partial, "saved_model.pb"), "wb") as f:
             f.write(head)
@@ -439,8 +442,8 @@ def test_a_killed_export_is_never_loaded_and_its_rerun_is(exported, server, tmp_
         assert server.poll() == []  # the poller never tries a temporary folder, so nothing fails to load
         assert {m: server.loaded_versions(m) for m in server.model_names} == before
         with sc.Client(server.address) as client:  # not even seen: no status, no failed load
-            assert not {version, version + 7} & set(client.model_status(ex.USER_TOWER))
-            assert not {version, version + 7} & set(client.model_status(ex.RANKER))
+            assert not {version, version + 7} & set(client.model_status(artifacts.USER_TOWER))
+            assert not {version, version + 7} & set(client.model_status(artifacts.RANKER))
         during = len(load.results)
 
         # The same export again: it replaces the leftovers and publishes the complete version.
@@ -460,7 +463,7 @@ def test_a_killed_export_is_never_loaded_and_its_rerun_is(exported, server, tmp_
 @pytest.mark.slow
 def test_a_version_published_under_concurrent_load_loses_no_request(exported, server):
     export_dir, store = exported["export"], exported["store"]
-    old, new = server.loaded_versions(ex.RANKER)[-1], ex.next_version(export_dir)
+    old, new = server.loaded_versions(artifacts.RANKER)[-1], ex.next_version(export_dir)
     probe = {"versions": [], "errors": []}
     stop_probe = threading.Event()
 
@@ -470,7 +473,7 @@ def test_a_version_published_under_concurrent_load_loses_no_request(exported, se
             while not stop_probe.is_set():
                 try:
                     probe["versions"].append(
-                        stub.Predict(example_request(store, ex.RANKER), timeout=30).model_spec.version.value)
+                        stub.Predict(example_request(store, artifacts.RANKER), timeout=30).model_spec.version.value)
                 except grpc.RpcError as e:
                     probe["errors"].append(f"{e.code()}: {e.details()}")
                 time.sleep(0.05)
@@ -496,8 +499,8 @@ def test_a_version_published_under_concurrent_load_loses_no_request(exported, se
     assert versions[0] == old and versions[-1] == new, versions
     assert versions == sorted(versions), versions  # never back to the old version
     with sc.Client(server.address) as client:
-        assert client.model_status(ex.RANKER)[old] == "END"
-        assert client.model_status(ex.RANKER)[new] == "AVAILABLE"
+        assert client.model_status(artifacts.RANKER)[old] == "END"
+        assert client.model_status(artifacts.RANKER)[new] == "AVAILABLE"
     report("publish_under_load", threads=THREADS, requests=load.requests(), failed=len(load.errors()),
            published_after_s=round(published, 1), all_models_switched_after_s=round(switched, 1),
            seconds=round(seconds, 1), probe_versions={v: versions.count(v) for v in sorted(set(versions))},
@@ -520,11 +523,11 @@ def test_load_has_no_errors_and_overload_sheds_instead_of_queueing(exported, ser
     def slow(signature, inputs):
         time.sleep(0.5)
 
-    ranker = cfg.ModelConfig(ex.RANKER, os.path.join(exported["export"], ex.RANKER))
+    ranker = cfg.ModelConfig(artifacts.RANKER, os.path.join(exported["export"], artifacts.RANKER))
     with ModelServer(models=[ranker], port=0, max_workers=4, maximum_concurrent_rpcs=2, poll_interval=0,
-                     validators={ex.RANKER: slow}) as small, sc.Client(small.address, timeout=10) as client:
+                     validators={artifacts.RANKER: slow}) as small, sc.Client(small.address, timeout=10) as client:
         domain, user, items = queries(store, 1)[0]
-        client.signature_inputs(ex.RANKER)  # cached: the burst is Predict calls only
+        client.signature_inputs(artifacts.RANKER)  # cached: the burst is Predict calls only
         barrier, outcomes = threading.Barrier(16), []
 
         def call():
@@ -560,7 +563,8 @@ def test_load_has_no_errors_and_overload_sheds_instead_of_queueing(exported, ser
 # Fuzzed requests
 
 
-FUZZ_MODELS = (ex.RANKER, ex.RETRIEVAL, ex.RETRIEVAL_SCANN, ex.USER_TOWER, ex.ITEM_TOWER)
+FUZZ_MODELS = (artifacts.RANKER, artifacts.RETRIEVAL, artifacts.RETRIEVAL_SCANN, artifacts.USER_TOWER,
+               artifacts.ITEM_TOWER)
 ARRAY_MUTATIONS = ("drop", "extra", "dtype", "empty_batch", "batch_mismatch", "width", "rank", "random_bytes",
                    "special_floats", "extreme_ints", "random_domain", "long_string")
 PROTO_MUTATIONS = ("fill_from_one_value", "bad_dtype_enum", "bad_content", "huge_batch", "negative_dim",
@@ -635,17 +639,17 @@ def fuzzed_request(rng, store, signatures):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model
     if rng.random() < 0.1:  # the examples signature over garbage or truncated tf.Examples
-        request.model_spec.signature_name = ex.EXAMPLES_SIGNATURE
-        good = example_request(store, model).inputs[ex.EXAMPLES_INPUT].string_val[0]
+        request.model_spec.signature_name = artifacts.EXAMPLES_SIGNATURE
+        good = example_request(store, model).inputs[artifacts.EXAMPLES_INPUT].string_val[0]
         values = [random_bytes(rng, int(rng.integers(0, 64))), good[:int(rng.integers(0, len(good)))], good]
-        request.inputs[ex.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(np.array(
+        request.inputs[artifacts.EXAMPLES_INPUT].CopyFrom(tf.make_tensor_proto(np.array(
             [values[i] for i in rng.integers(0, 3, size=int(rng.integers(0, 4)))], object)))
         return request, ["examples"]
     domain = str(rng.choice(store.domains))
     users, items = store.user_ids(domain), store.item_ids(domain)
     chosen = [items[i] for i in rng.integers(0, len(items), size=int(rng.integers(1, 6)))]
     columns = store.features(users[rng.integers(len(users))], domain,
-                             chosen if model in (ex.RANKER, ex.ITEM_TOWER) else None)
+                             chosen if model in (artifacts.RANKER, artifacts.ITEM_TOWER) else None)
     inputs = {n: sc._conform(columns[n], dtype, shape) for n, (dtype, shape) in signatures[model].items()}
     done, proto_ops = [], {}
     for _ in range(int(rng.integers(1, 4))):
@@ -701,12 +705,12 @@ def test_what_fuzzing_found_is_refused_cleanly_and_fast(exported, server):
     request of a few bytes declaring a batch of 2,000,000 took 20 s and GBs of memory before its batch
     size was refused (one value fills the declared shape when decoded)."""
     store = exported["store"]
-    good = example_request(store, ex.RANKER)
+    good = example_request(store, artifacts.RANKER)
     with sc.Client(server.address) as client, grpc.insecure_channel(server.address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        signature = client.signature_inputs(ex.RANKER)
+        signature = client.signature_inputs(artifacts.RANKER)
         unknown_dtype = predict_pb2.PredictRequest()
-        unknown_dtype.model_spec.name = ex.RANKER
+        unknown_dtype.model_spec.name = artifacts.RANKER
         for name in signature:
             unknown_dtype.inputs[name].dtype = 999
         with pytest.raises(grpc.RpcError) as info:
@@ -715,7 +719,7 @@ def test_what_fuzzing_found_is_refused_cleanly_and_fast(exported, server):
         assert "unknown dtype enum 999" in info.value.details()
 
         huge = predict_pb2.PredictRequest()
-        huge.model_spec.name = ex.RANKER
+        huge.model_spec.name = artifacts.RANKER
         for name, (dtype, shape) in signature.items():
             proto = huge.inputs[name]
             proto.dtype = dtype.as_datatype_enum
@@ -749,14 +753,14 @@ def test_safe_defaults(exported, server):
     # a model name, is nothing the server knows.
     export_dir = exported["export"]
     rogue = os.path.join(export_dir, "rogue")
-    shutil.copytree(os.path.join(export_dir, ex.RANKER, str(server.loaded_versions(ex.RANKER)[-1])),
+    shutil.copytree(os.path.join(export_dir, artifacts.RANKER, str(server.loaded_versions(artifacts.RANKER)[-1])),
                     os.path.join(rogue, "1"))
     try:
         assert server.poll() == [] and "rogue" not in server.model_names
         with grpc.insecure_channel(server.address) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            for name in ("rogue", rogue, "../ranker", os.path.join(export_dir, ex.RANKER)):
-                request = example_request(exported["store"], ex.RANKER)
+            for name in ("rogue", rogue, "../ranker", os.path.join(export_dir, artifacts.RANKER)):
+                request = example_request(exported["store"], artifacts.RANKER)
                 request.model_spec.name = name
                 with pytest.raises(grpc.RpcError) as info:
                     stub.Predict(request, timeout=10)
@@ -765,12 +769,15 @@ def test_safe_defaults(exported, server):
         shutil.rmtree(rogue)
 
     # Requests are bounded by the export: batch size and the length of every sequence input.
-    checks = cfg.read_serving_checks(os.path.join(export_dir, ex.RANKER, str(server.loaded_versions(ex.RANKER)[-1])))
+    checks = cfg.read_serving_checks(os.path.join(export_dir, artifacts.RANKER,
+                                                  str(server.loaded_versions(artifacts.RANKER)[-1])))
     spec = exported["store"].spec
     assert checks.max_batch_size == ex.MAX_BATCH_SIZE
     assert checks.max_length == {f.name: f.length for f in spec.features
-                                 if f.is_list and f.name in ex.model_inputs(spec, ex.RANKER)}
-    assert checks.max_length and checks.allowed_values == {"domain": list(spec.domains)}
+                                 if f.is_list and f.name in ex.model_inputs(spec, artifacts.RANKER)}
+    assert checks.max_length and checks.allowed_values == {"domain": list(spec.domains),
+                                                           "hist_domain": list(spec.domains) + [""]}
+    assert checks.reject_non_finite
 
     # Nothing is unpickled from a request or a data file: no pickle-like loader in the project's code.
     loader = re.compile(r"\b(import (c?pickle|dill|marshal|shelve)|pickle\.loads?|allow_pickle\s*=\s*True|"

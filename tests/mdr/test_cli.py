@@ -1,4 +1,5 @@
 """The `mdr` command: subcommands, exit codes and messages, the demo's first stage."""
+import glob
 import json
 import os
 import subprocess
@@ -6,7 +7,7 @@ import sys
 
 import pytest
 
-from mdr_keras import cli
+from mdr import cli
 from tests import helpers
 
 
@@ -74,7 +75,8 @@ def test_demo_runs_every_stage_and_answers_over_grpc(demo_run):
         assert f"in domain '{domain}' (retrieval -> ranker)" in printed
     for name in ("user_tower", "item_tower", "ranker", "retrieval", "retrieval_scann"):
         assert os.path.isdir(os.path.join(out, "export", name, "1")), name
-    assert os.path.exists(os.path.join(out, "feature_store.jsonl.gz"))
+    assert "feature store for query time (written by the Beam job)" in printed
+    assert glob.glob(os.path.join(out, "data", "store", "*.tfrecord.gz"))
     page = open(os.path.join(out, "report", "index.html"), encoding="utf-8").read()
     assert "models/adi" in page and "models/ranker" in page and ".png" in page
 
@@ -83,7 +85,7 @@ def test_serve_then_query_and_recommend_from_other_processes(demo_run):
     """`mdr serve` on the demo's export; `mdr query` / `mdr recommend` are separate processes (gRPC only)."""
     code, _, out = demo_run
     assert code == 0
-    server = subprocess.Popen([sys.executable, "-m", "mdr_keras.cli", "serve", "--model-config-file",
+    server = subprocess.Popen([sys.executable, "-m", "mdr.cli", "serve", "--model-config-file",
                                os.path.join(out, "export", "models.config"), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -92,8 +94,8 @@ def test_serve_then_query_and_recommend_from_other_processes(demo_run):
             line = server.stdout.readline()
             assert line or server.poll() is None, server.stderr.read()[-3000:]
         address = line.split(" on ")[1].split(" ")[0]
-        store = os.path.join(out, "feature_store.jsonl.gz")
-        base = [sys.executable, "-m", "mdr_keras.cli"]
+        store = os.path.join(out, "data")
+        base = [sys.executable, "-m", "mdr.cli"]
         common = ["--server", address, "--store", store, "--domain", "d0", "--user", "u0"]
         done = subprocess.run(base + ["recommend"] + common + ["-n", "3"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
