@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from mdr_contract import artifacts
+
 
 def _remote(path: str) -> bool:
     return "://" in path
@@ -47,3 +49,11 @@ def exists(path: str) -> bool:
 
         return tf.io.gfile.exists(path)
     return os.path.exists(path)
+
+
+def check_complete(data_dir: str) -> None:
+    """Raises FileNotFoundError unless `data_dir` is a finished preprocessing output (its `_SUCCESS`,
+    written last): every reader refuses a half-written folder with this one message."""
+    if not exists(os.path.join(data_dir, artifacts.SUCCESS)):
+        raise FileNotFoundError(f"{data_dir} holds no complete preprocessing output (no {artifacts.SUCCESS}); "
+                                "run `mdr preprocess` to completion first")

@@ -1,24 +1,21 @@
 """tf.data input pipelines over the job's TFRecords, parsed with the feature spec."""
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from mdr_contract import artifacts
+from mdr_contract import artifacts, files
 from mdr_contract import feature_spec as fs
 
 
 def record_files(data_dir: str, split: str) -> list:
     """The TFRecord shards of a split (`train`, `eval`, `test` or `artifacts.ITEMS`) of a finished job."""
-    if not tf.io.gfile.exists(os.path.join(data_dir, artifacts.SUCCESS)):
-        raise FileNotFoundError(f"{data_dir} holds no complete preprocessing output (no {artifacts.SUCCESS}); "
-                                "run `mdr preprocess` to completion first")
-    files = sorted(tf.io.gfile.glob(artifacts.record_pattern(data_dir, split)))
-    if not files:
+    files.check_complete(data_dir)
+    shards = sorted(tf.io.gfile.glob(artifacts.record_pattern(data_dir, split)))
+    if not shards:
         raise FileNotFoundError(f"no {split} records in {data_dir}")
-    return files
+    return shards
 
 
 def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.FeatureSpec] = None,

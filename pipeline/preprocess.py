@@ -284,9 +284,7 @@ def is_complete(output: str) -> bool:
 
 
 def read_metadata(output: str) -> dict:
-    if not is_complete(output):
-        raise FileNotFoundError(f"{output} holds no complete preprocessing output (no {artifacts.SUCCESS}); "
-                                "run `mdr preprocess` to completion first")
+    files.check_complete(output)
     return json.loads(files.read_text(os.path.join(output, artifacts.METADATA)))
 
 

@@ -221,9 +221,7 @@ class FeatureStore:
             FileNotFoundError: without a complete preprocessing output, or one written before the job
                 wrote a store (rerun `mdr preprocess`).
         """
-        if not tf.io.gfile.exists(os.path.join(data_dir, artifacts.SUCCESS)):
-            raise FileNotFoundError(f"{data_dir} holds no complete preprocessing output (no {artifacts.SUCCESS}); "
-                                    "run `mdr preprocess` to completion first")
+        files.check_complete(data_dir)
         if not tf.io.gfile.glob(artifacts.record_pattern(data_dir, artifacts.STORE)):
             raise FileNotFoundError(f"{data_dir} has no feature store ({artifacts.STORE}/): it was written by an "
                                     "older `mdr preprocess`; run it again")
