@@ -420,26 +420,28 @@ class _SequencesFn(beam.DoFn):
         # The feature store: what the user's next record (after the last event, so seeing every
         # split) would carry, once per domain the user has events in.
         latest = unique[-1]
+        # The user's features and cross-domain sequence are the same in every domain; the statistics are not.
+        user = {fs.USER_ID: latest["user_id"], fs.TIMESTAMP: latest["timestamp"], **self._sequence(hist_all),
+                **{name: self._side_value(latest, name) for name in self._user_features}}
         for domain in sorted({e["domain"] for e in unique}):
-            store = {fs.USER_ID: latest["user_id"], fs.DOMAIN: domain, fs.TIMESTAMP: latest["timestamp"],
-                     **self._user_side(latest, domain, hist_all, user_counts, domain_ctr)}
-            for name in self._user_features:
-                store[name] = self._side_value(latest, name)
-            yield beam.pvalue.TaggedOutput(STORE, store)
+            yield beam.pvalue.TaggedOutput(STORE, {**user, fs.DOMAIN: domain,
+                                                   **self._user_stats(domain, user_counts, domain_ctr)})
 
-    def _user_side(self, e, domain, history, user_counts, domain_ctr):
-        """The user domain statistics and the behaviour sequence of a record of `e`'s user in `domain`."""
-        T = self._T
-        recent = list(reversed(history))  # most recent first
-        pad = [fs.PAD] * (T - len(recent))
-        n, clicks = user_counts.get(domain, (0, 0))
+    def _sequence(self, history):
+        """The behaviour sequence features of `history` (oldest first): most recent first, padded to T."""
+        recent = list(reversed(history))
+        pad = [fs.PAD] * (self._T - len(recent))
         return {
-            **fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, domain_ctr.get(domain, 0.0), self._min_events),
             fs.HIST_ITEM_ID: [h[0] for h in recent] + pad,
             fs.HIST_CATEGORY: [h[1] for h in recent] + pad,
             fs.HIST_DOMAIN: [h[2] for h in recent] + pad,
             fs.HIST_LENGTH: len(recent),
         }
+
+    def _user_stats(self, domain, user_counts, domain_ctr):
+        """The user domain statistics of the user in `domain` (`fs.domain_stat_values`)."""
+        n, clicks = user_counts.get(domain, (0, 0))
+        return fs.domain_stat_values(fs.USER_DOMAIN_STATS, n, clicks, domain_ctr.get(domain, 0.0), self._min_events)
 
     def _side_value(self, e, name):
         value = e["features"][name]
@@ -452,7 +454,7 @@ class _SequencesFn(beam.DoFn):
         rec = {
             fs.USER_ID: e["user_id"], fs.ITEM_ID: e["item_id"], fs.DOMAIN: domain,
             fs.LABEL: e["label"], fs.TIMESTAMP: e["timestamp"],
-            **self._user_side(e, domain, history, user_counts, domain_ctr),
+            **self._user_stats(domain, user_counts, domain_ctr), **self._sequence(history),
             "split": e["split"],
         }
         rec.update(item_stat_values(item_counts.get((e["item_id"], domain)), domain_ctr.get(domain, 0.0),
