@@ -11,7 +11,8 @@ INSTALL_REQUIRES = [
     "tf-keras==2.16.0",
     "tensorflow-recommenders==0.7.7",
     "tensorflow-serving-api==2.16.1",
-    "apache-beam[gcp]==2.72.0",
+    # tfrecord: crcmod, without which Beam warns on every import of its TFRecord I/O (in every worker too).
+    "apache-beam[gcp,tfrecord]==2.72.0",
     "tfx-bsl==1.16.1",
     "tensorflow-metadata==1.16.1",
     "scann==1.3.2",

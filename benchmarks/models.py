@@ -18,10 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks import results as results_files  # noqa: E402
 
 
 def parse_model(text: str):
@@ -37,6 +40,11 @@ def parse_model(text: str):
         except json.JSONDecodeError:
             overrides[key] = value
     return name, overrides
+
+
+def parse_models(text: str):
+    """'adi:forward_units=[64,32],star' -> ['adi:forward_units=[64,32]', 'star'] (commas inside [] stay)."""
+    return [m for m in re.split(r",(?![^\[]*\])", text) if m]
 
 
 def parse_seeds(text: str):
@@ -77,7 +85,8 @@ def run_one(label, task, data_dir, out_dir, args, strategy, seed=0, seed_suffix=
     from mdr_keras import training
 
     config = train_config(label, task, args, seed)
-    folder = label.replace(":", "__").replace("=", "-") + (f"_seed{seed}" if seed_suffix else "")
+    # Only plain characters: TensorFlow reads checkpoints by glob, where "[256]" is a pattern.
+    folder = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.replace(":", "__")) + (f"_seed{seed}" if seed_suffix else "")
     model_dir = os.path.join(out_dir, folder)
     summary = training.train(data_dir, model_dir, config, strategy=strategy, verbose=0)
     metrics = training.evaluate(model_dir, data_dir, args.split, ks=(50, 100))
@@ -85,6 +94,19 @@ def run_one(label, task, data_dir, out_dir, args, strategy, seed=0, seed_suffix=
     return {"model": label, "seed": seed, "parameters": summary["parameters"], "epochs": summary["epochs_run"],
             "train_seconds": summary["train_seconds"],
             "examples_per_second": rows / max(summary["train_seconds"], 1e-9), "metrics": metrics}
+
+
+POPULARITY = "popularity (per domain)"
+
+
+def popularity_row(args):
+    """The row of the per-domain popularity ranking (`evaluation.evaluate_popularity`): the floor of a
+    retrieval table."""
+    from mdr_keras import evaluation
+
+    metrics = evaluation.evaluate_popularity(args.data, args.split, ks=(50, 100))
+    return {"model": POPULARITY, "seed": 0, "parameters": 0, "epochs": 0, "train_seconds": 0.0,
+            "examples_per_second": 0.0, "metrics": metrics}
 
 
 def _cell(values, fmt="{:.4f}"):
@@ -122,7 +144,10 @@ def table(results, task, baseline=None, markdown=False) -> str:
             if baseline:
                 line.append(f"{auc_improvement(mean_auc[model], mean_auc[baseline]):+.2%}"
                             if baseline in mean_auc else "-")
-        line += [f"{runs[0]['parameters']:,}", f"{statistics.mean(r['examples_per_second'] for r in runs):,.0f}"]
+        if model == POPULARITY:  # nothing trained
+            line += ["-", "-"]
+        else:
+            line += [f"{runs[0]['parameters']:,}", f"{statistics.mean(r['examples_per_second'] for r in runs):,.0f}"]
         if seeds > 1:
             line.append(",".join(str(r.get("seed", "")) for r in runs))
         lines.append(line)
@@ -135,11 +160,54 @@ def table(results, task, baseline=None, markdown=False) -> str:
     return "\n".join([fmt(header)] + [fmt(line) for line in lines])
 
 
+def merge(args, argv) -> int:
+    """`--merge`: the rows of several runs in one table (a first popularity row kept, later ones dropped)."""
+    runs = []
+    for path in args.merge:
+        try:
+            with open(path) as f:
+                runs.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"benchmarks.models: error: --merge {path}: {e}", file=sys.stderr)
+            return 1
+    keys = {(r["args"]["data"], r["args"]["task"], r["args"]["split"]) for r in runs}
+    if len(keys) != 1:
+        print(f"benchmarks.models: error: --merge needs runs of one data set, task and split. Received: {sorted(keys)}",
+              file=sys.stderr)
+        return 2
+    data, task, split = keys.pop()
+    renames = dict(item.split("=>", 1) for item in args.rename if "=>" in item)
+    results, seen_popularity = [], False
+    for run in runs:
+        for r in run["results"]:
+            r = {**r, "model": renames.get(r["model"], r["model"])}
+            if r["model"] == POPULARITY:
+                if seen_popularity:
+                    continue
+                seen_popularity = True
+            results.append(r)
+    settings = sorted({f"{r['args']['epochs']} epoch(s), batch {r['args']['batch_size']}, "
+                       f"lr {r['args']['learning_rate']}, seed(s) {r['args']['seeds']}" for r in runs})
+    title = f"{task} on {data} ({split} split), {'; '.join(settings)}"
+    print(title)
+    print(table(results, task, args.baseline))
+    if args.results:
+        path = results_files.save(args.results, f"{title}\n\n{table(results, task, args.baseline, markdown=True)}",
+                                  {"merged": [r["args"] for r in runs], "results": results}, "benchmarks.models", argv)
+        print(f"wrote {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="output folder of `mdr preprocess`")
-    parser.add_argument("--task", required=True, choices=("retrieval", "ranking"))
-    parser.add_argument("--models", required=True, help="comma-separated models / variants")
+    parser.add_argument("--data", help="output folder of `mdr preprocess` (required unless --merge)")
+    parser.add_argument("--task", choices=("retrieval", "ranking"), help="required unless --merge")
+    parser.add_argument("--models", help="comma-separated models / variants (required unless --merge)")
+    parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
+                        help="train nothing: one table of the rows of these results.json files (of one data set, "
+                             "split and task), each row's settings from its own file")
+    parser.add_argument("--rename", action="append", default=[], metavar="OLD=>NEW",
+                        help="with --merge: show the rows of model OLD as NEW (e.g. when a default changed since); repeatable")
     parser.add_argument("--output", default="runs/bench", help="folder for the model folders and results.json")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)
@@ -151,20 +219,28 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", help="model of the AUC Imp. column (ranking)")
     parser.add_argument("--cpu-replicas", type=int, default=0)
     parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args, sys.argv[1:] if argv is None else argv)
+    missing = [f"--{n}" for n in ("data", "task", "models") if not getattr(args, n)]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
 
     from mdr_keras import training
 
-    labels = [m for m in args.models.split(",") if m]
+    labels = parse_models(args.models)
     try:
         seeds = parse_seeds(args.seeds)
+        if args.results:
+            results_files.check_name(args.results)
         check_models(labels, args.task, args.data, args)
     except ValueError as e:
         print(f"benchmarks.models: error: {e}", file=sys.stderr)
         return 2
     strategy = training.make_strategy(cpu_replicas=args.cpu_replicas)
     os.makedirs(args.output, exist_ok=True)
-    results = []
+    results = [popularity_row(args)] if args.task == "retrieval" else []
     for seed in seeds:  # every model once per seed before the next seed: a cut run still compares all
         for label in labels:
             results.append(run_one(label, args.task, args.data, args.output, args, strategy, seed, len(seeds) > 1))
@@ -177,6 +253,11 @@ def main(argv=None) -> int:
     print(table(results, args.task, args.baseline))
     with open(os.path.join(args.output, "results.md"), "w") as f:
         f.write(f"{title}\n\n{table(results, args.task, args.baseline, markdown=True)}\n")
+    if args.results:
+        path = results_files.save(args.results, f"{title}\n\n{table(results, args.task, args.baseline, markdown=True)}",
+                                  {"args": vars(args), "results": results}, "benchmarks.models",
+                                  sys.argv[1:] if argv is None else argv)
+        print(f"wrote {path}")
     return 0
 
 

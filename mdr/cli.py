@@ -33,7 +33,8 @@ def _generate(args) -> int:
 
     config = synthetic.SyntheticConfig(
         num_users=args.users, num_items=args.items, num_domains=args.domains,
-        num_categories=args.categories, mean_events=args.mean_events, days=args.days, seed=args.seed)
+        num_categories=args.categories, mean_events=args.mean_events, days=args.days,
+        popularity_exposure=args.popularity_exposure, single_domain_users=args.single_domain_users, seed=args.seed)
     info = synthetic.generate(args.output, config)
     print(f"wrote {info['events']:,} events to {os.path.join(args.output, synthetic.EVENTS_FILENAME)}")
     print("  events per domain: " + "  ".join(f"{d}={n:,}" for d, n in info["events_per_domain"].items()))
@@ -93,11 +94,12 @@ def _train(args) -> int:
           f"epoch(s) in {summary['train_seconds']:.1f} s on {summary['replicas']} replica(s) -> {args.model_dir}")
     print("  last epoch: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
     if args.evaluate:
-        return _evaluate_and_print(args.model_dir, args.data, config.validation_split or "eval", None)
+        return _evaluate_and_print(args.model_dir, args.data, training.report_split(args.data), None)
     return 0
 
 
-def _evaluate_and_print(model_dir, data_dir, split, baseline_dir, ks=(10, 50)) -> int:
+def _evaluate_and_print(model_dir, data_dir, split, baseline_dir, ks=(10, 50), sampled_negatives=100,
+                        sampling="uniform") -> int:
     import json
 
     from mdr_contract import artifacts
@@ -111,7 +113,8 @@ def _evaluate_and_print(model_dir, data_dir, split, baseline_dir, ks=(10, 50)) -
                                     "run `mdr evaluate` on it first")
         with open(path) as f:
             baseline = json.load(f)
-    metrics = training.evaluate(model_dir, data_dir, split, ks=ks)
+    metrics = training.evaluate(model_dir, data_dir, split, ks=ks, sampled_negatives=sampled_negatives,
+                                sampling=sampling)
     if baseline is not None and baseline.get("task") != metrics["task"]:
         raise ValueError(f"--baseline is a {baseline.get('task')} model, {model_dir} a {metrics['task']} model")
     print(training.format_metrics(metrics, baseline))
@@ -120,7 +123,8 @@ def _evaluate_and_print(model_dir, data_dir, split, baseline_dir, ks=(10, 50)) -
 
 
 def _evaluate(args) -> int:
-    return _evaluate_and_print(args.model_dir, args.data, args.split, args.baseline, ks=tuple(args.k))
+    return _evaluate_and_print(args.model_dir, args.data, args.split, args.baseline, ks=tuple(args.k),
+                               sampled_negatives=args.sampled_negatives, sampling=args.sampling)
 
 
 def _export(args) -> int:
@@ -197,12 +201,29 @@ def _report(args) -> int:
     return 0
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each flag's default, except where there is none to show (None, False) or the help
+    text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+# `mdr train`'s flags default to the --config file's value, else to TrainConfig's (mdr_keras.training, which
+# imports TensorFlow: not loaded for --help; tests/mdr/test_cli.py checks these equal TrainConfig's).
+TRAIN_DEFAULTS = {"model": "adi", "epochs": 5, "batch_size": 512, "learning_rate": 1e-3, "seed": 0, "patience": 2,
+                  "validation_split": "auto"}
+
+
 def _add_client_arguments(p):
     p.add_argument("--server", default="127.0.0.1:8500", help="host:port of TF Serving or `mdr serve`")
     p.add_argument("--store", required=True, metavar="DATA_DIR",
                    help="output folder of `mdr preprocess`: its feature store (store/, items/) gives the features")
-    p.add_argument("--domain", required=True)
-    p.add_argument("--user", required=True)
+    p.add_argument("--domain", required=True, help="the domain to recommend in (one of the data's domains)")
+    p.add_argument("--user", required=True, help="user id, as in the logs")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline of each RPC in seconds")
     p.add_argument("--examples", action="store_true", help="call the `examples` signatures (tf.Example)")
 
@@ -214,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "to gRPC answers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    g = sub.add_parser("generate", help="write synthetic multi-domain logs with a planted structure")
+    g = sub.add_parser("generate", formatter_class=_Help, help="write synthetic multi-domain logs with a planted structure")
     g.add_argument("--output", required=True, help="output folder")
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
     g.add_argument("--users", type=int, default=2000, help="number of users")
@@ -223,45 +244,59 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--categories", type=int, default=20, help="number of item categories")
     g.add_argument("--mean-events", type=float, default=30.0, help="mean events per user")
     g.add_argument("--days", type=int, default=14, help="days the log spans")
+    g.add_argument("--popularity-exposure", type=float, default=0.5,
+                   help="share of exposures drawn by popularity (the rest by relevance to the user)")
+    g.add_argument("--single-domain-users", action="store_true",
+                   help="every user in one domain only (items still shared), as when the domain is a user attribute")
 
-    p = sub.add_parser("preprocess", help="run the Beam job: raw logs -> TFRecords, vocabularies, feature spec",
+    p = sub.add_parser("preprocess", formatter_class=_Help, help="run the Beam job: raw logs -> TFRecords, vocabularies, feature spec",
                        description="Run the Beam preprocessing job. Flags not listed here are Beam "
                        "PipelineOptions (--runner, --project, --temp_location, --setup_file, ...).")
     preprocess.add_arguments(p)
 
-    t = sub.add_parser("train", help="train a retrieval or ranking model on the job's TFRecords",
+    t = sub.add_parser("train", formatter_class=_Help, help="train a retrieval or ranking model on the job's TFRecords",
                        description="Train a model; `--model` picks it: retrieval (adi, dnn, dnn-single, "
                        "dnn-domain, shared-bottom, cross-stitch, mmoe, ple, star) or ranking (ranker, its ablations "
                        "ranker-no-*, and the baselines dnn, din, mha, shared-bottom, mmoe, ple, star). Killed and rerun, it resumes from the last epoch.")
     t.add_argument("--data", required=True, help="output folder of `mdr preprocess`")
     t.add_argument("--model-dir", required=True, help="folder for the weights, logs and configs")
-    t.add_argument("--model", help="model name (default adi, or the --config file's)")
+    t.add_argument("--model", help=f"model name (default {TRAIN_DEFAULTS['model']}, or the --config file's)")
     t.add_argument("--task", choices=("retrieval", "ranking"),
                    help="needed only for names both tasks have (dnn, shared-bottom, mmoe, ple, star)")
     t.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one model_config field (JSON value), e.g. --set dsbn=false; repeatable")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int, help="rows per replica per step")
-    t.add_argument("--learning-rate", type=float)
-    t.add_argument("--seed", type=int)
-    t.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 = off)")
-    t.add_argument("--steps-per-epoch", type=int)
-    t.add_argument("--validation-split", help="split for validation and early stopping ('' = none)")
+    t.add_argument("--epochs", type=int, help=f"maximum epochs (default {TRAIN_DEFAULTS['epochs']})")
+    t.add_argument("--batch-size", type=int,
+                   help=f"rows per replica per step (default {TRAIN_DEFAULTS['batch_size']})")
+    t.add_argument("--learning-rate", type=float, help=f"Adam learning rate (default {TRAIN_DEFAULTS['learning_rate']})")
+    t.add_argument("--seed", type=int, help=f"seed of weights, shuffling and sampling (default {TRAIN_DEFAULTS['seed']})")
+    t.add_argument("--patience", type=int,
+                   help=f"early-stopping patience in epochs, 0 = off (default {TRAIN_DEFAULTS['patience']})")
+    t.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch (default: one pass over train)")
+    t.add_argument("--validation-split",
+                   help=f"what early stopping watches (default {TRAIN_DEFAULTS['validation_split']}): auto = eval when "
+                        "the data has a test split, else holdout (1 in 20 train rows left out); a split name; "
+                        "or '' (none)")
     t.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute (GPUs)")
     t.add_argument("--cpu-replicas", type=int, default=0,
                    help="without GPUs, mirror over this many logical CPU devices (tests the multi-replica path)")
-    t.add_argument("--evaluate", action="store_true", help="evaluate on the validation split afterwards")
+    t.add_argument("--evaluate", action="store_true", help="evaluate afterwards on the reported split (test when the data has one, else eval)")
     t.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras fit verbosity")
 
-    e = sub.add_parser("evaluate", help="per-domain metrics of a trained model -> metrics.json")
+    e = sub.add_parser("evaluate", formatter_class=_Help, help="per-domain metrics of a trained model -> metrics.json")
     e.add_argument("--model-dir", required=True, help="folder written by `mdr train`")
     e.add_argument("--data", required=True, help="output folder of `mdr preprocess`")
     e.add_argument("--split", default="eval", help="split to evaluate (eval, test, train)")
     e.add_argument("-k", type=int, action="append", default=None, help="Recall@K cut-offs (retrieval)")
     e.add_argument("--baseline", help="another model folder (already evaluated): adds the ADS AUC Imp. column")
+    e.add_argument("--sampled-negatives", type=int, default=100,
+                   help="negatives per query of the sampled protocol (retrieval's sampled_recall@K)")
+    e.add_argument("--sampling", default="uniform", choices=("uniform", "unseen", "popularity"),
+                   help="how the sampled protocol draws negatives: uniformly over the domain's items, uniformly "
+                        "over the items the user did not click in training, or by the domain's training clicks")
 
-    x = sub.add_parser("export", help="SavedModels in TF Serving's layout + per-domain ScaNN index + configs")
+    x = sub.add_parser("export", formatter_class=_Help, help="SavedModels in TF Serving's layout + per-domain ScaNN index + configs")
     x.add_argument("--retrieval-model-dir", help="a trained retrieval model (user/item towers, retrieval)")
     x.add_argument("--ranker-model-dir", help="a trained ranking model (ranker)")
     x.add_argument("--data", required=True, help="preprocessing output: its items split is the corpus")
@@ -271,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--min-recall", type=float, default=0.9,
                    help="ScaNN recall@K vs exact below which the export warns loudly")
 
-    v = sub.add_parser("serve", help="the embedded model server (TF Serving's gRPC API) over an export")
+    v = sub.add_parser("serve", formatter_class=_Help, help="the embedded model server (TF Serving's gRPC API) over an export")
     v.add_argument("--model-config-file", required=True, help="models.config written by `mdr export`")
     v.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
@@ -281,21 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest batch a request may carry (bounded by default: a request's declared size is "
                    "refused before it is decoded)")
 
-    q = sub.add_parser("query", help="ask a model server for candidates (retrieval) or scores (ranker)")
-    q.add_argument("what", choices=("candidates", "scores"))
+    q = sub.add_parser("query", formatter_class=_Help, help="ask a model server for candidates (retrieval) or scores (ranker)")
+    q.add_argument("what", choices=("candidates", "scores"),
+                   help="candidates: top K items of the retrieval model; scores: the ranker's for --items")
     _add_client_arguments(q)
     q.add_argument("-k", type=int, default=10, help="candidates to return")
     q.add_argument("--items", nargs="+", help="item ids to score")
     q.add_argument("--model", help="served model name (default retrieval / ranker; e.g. retrieval_scann)")
 
-    r = sub.add_parser("recommend", help="two-stage recommendation over gRPC: retrieval in a domain, then the ranker")
+    r = sub.add_parser("recommend", formatter_class=_Help, help="two-stage recommendation over gRPC: retrieval in a domain, then the ranker")
     _add_client_arguments(r)
     r.add_argument("-n", type=int, default=10, help="recommendations to return")
     r.add_argument("-k", type=int, default=100, help="candidates retrieved for the ranker")
 
-    d = sub.add_parser("demo", help="run the whole system end to end (synthetic data by default)")
+    d = sub.add_parser("demo", formatter_class=_Help, help="run the whole system end to end (synthetic data by default)")
     d.add_argument("--output", default="runs/demo", help="folder for every artifact of the run")
-    d.add_argument("--source", default="synthetic", choices=sources.SOURCES)
+    d.add_argument("--source", default="synthetic", choices=sources.SOURCES, help="input format of --input")
     d.add_argument("--input", help="input of a real-data source (or an existing synthetic folder)")
     d.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     d.add_argument("--retrieval-epochs", type=int, default=3, help="epochs of ADI")
@@ -306,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the model server up after the sample answers, until Ctrl-C")
     d.add_argument("--stop-after-preprocess", action="store_true", help="only generate and preprocess")
 
-    rp = sub.add_parser("report", help="one HTML page (and PNGs) of a run folder: metrics, curves, attention, ScaNN")
+    rp = sub.add_parser("report", formatter_class=_Help, help="one HTML page (and PNGs) of a run folder: metrics, curves, attention, ScaNN")
     rp.add_argument("run_dir", help="a run folder (e.g. `mdr demo`'s output): every model folder below it is shown")
     rp.add_argument("--output", help="folder for the page and its PNGs (default RUN_DIR/report)")
     rp.add_argument("--data", help="preprocessing output for the attention views (default: the models' own)")

@@ -8,6 +8,12 @@ import tensorflow as tf
 from mdr_contract import artifacts, files
 from mdr_contract import feature_spec as fs
 
+# Validation rows carved out of the train split when the data has no split left unseen for reporting:
+# one record in HOLDOUT_BUCKETS, by a hash of its serialized bytes (the same rows on every run and machine).
+HOLDOUT = "holdout"
+HOLDOUT_BUCKETS = 20
+HOLDOUT_MODES = (None, "exclude", "only")
+
 
 def record_files(data_dir: str, split: str) -> list:
     """The TFRecord shards of a split (`train`, `eval`, `test` or `artifacts.ITEMS`) of a finished job."""
@@ -21,7 +27,7 @@ def record_files(data_dir: str, split: str) -> list:
 def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.FeatureSpec] = None,
                  names: Optional[Sequence[str]] = None, shuffle: bool = False, repeat: bool = False,
                  seed: Optional[int] = None, drop_remainder: bool = False,
-                 shuffle_buffer: int = 10000) -> tf.data.Dataset:
+                 shuffle_buffer: int = 10000, holdout: Optional[str] = None) -> tf.data.Dataset:
     """Batches of raw feature dicts {name: tensor} of a split.
 
     Shards are read in parallel (interleaved), batches are parsed at once (`parse_example` on the
@@ -36,9 +42,13 @@ def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.F
         shuffle, repeat, seed: training-time options; shuffling is seeded when `seed` is given.
         drop_remainder: drop a last partial batch.
         shuffle_buffer: records in the shuffle buffer.
+        holdout: None (every record), `"exclude"` (all but the holdout records) or `"only"` (the holdout
+            records: one in `HOLDOUT_BUCKETS`, chosen by a hash of the record's bytes).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
+    if holdout not in HOLDOUT_MODES:
+        raise ValueError(f"holdout must be one of {HOLDOUT_MODES}. Received: holdout={holdout!r}")
     files = record_files(data_dir, split)
     spec = spec or fs.FeatureSpec.load(data_dir)
     if names is None and split == artifacts.ITEMS:
@@ -50,6 +60,9 @@ def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.F
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=seed is not None or not shuffle)
+    if holdout is not None:
+        keep = tf.equal if holdout == "only" else tf.not_equal
+        ds = ds.filter(lambda record: keep(tf.strings.to_hash_bucket_fast(record, HOLDOUT_BUCKETS), 0))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:

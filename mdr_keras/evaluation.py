@@ -7,7 +7,7 @@ scoring it live here, and `mdr_keras.training.evaluate` calls them.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Sequence
+from typing import TYPE_CHECKING, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -24,60 +24,119 @@ LOGLOSS_EPSILON = 1e-7
 
 
 # -------------------------------------------------------------------- retrieval
-def evaluate_recall(model: "RetrievalModel", data_dir: str, split: str = "eval", ks: Sequence[int] = (10, 50),
-                    batch_size: int = 2048, sampled_negatives: int = 100, seed: int = 0
-                    ) -> Dict[str, Dict[str, float]]:
-    """Per-domain and overall Recall@K, over each domain's full item corpus and over sampled candidates.
+# How the sampled protocol draws its negatives: uniformly over the domain's corpus ("uniform"), uniformly over
+# the items the user did not click in training ("unseen"), or by the domain's training clicks ("popularity").
+SAMPLINGS = ("uniform", "unseen", "popularity")
+QUERY_CHUNK = 1024  # queries scored at once: with ITEM_CHUNK, memory is bounded whatever the corpus size
+ITEM_CHUNK = 16384
+RESAMPLING_ROUNDS = 20
 
-    Each positive row of `split` is a query: its user embedding (in its domain) is scored against
-    the item tower's embedding of every item of that domain's corpus (exact search).
-      - `recall@K`: the row's item ranks in the top K of the whole corpus of its domain.
-      - `sampled_recall@K` (the sampled-candidates protocol): the row's item ranks in the top K
-        among itself and `sampled_negatives` other items of the domain drawn uniformly (seeded).
-    Rows whose item is not in the domain's corpus count as misses.
 
-    Returns:
-        {'per_domain': {domain: {'recall@K': r, 'sampled_recall@K': r, 'queries': n}}, 'overall': {...}}
-    """
-    spec = fs.FeatureSpec.load(data_dir)
-    rng = np.random.default_rng(seed)
-    item_ids, item_dom, item_emb = [], [], []
+def check_sampling(sampled_negatives: int, sampling: str) -> None:
+    if not isinstance(sampled_negatives, int) or sampled_negatives < 1:
+        raise ValueError(f"`sampled_negatives` must be an int >= 1. Received: sampled_negatives={sampled_negatives!r}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"`sampling` must be one of {SAMPLINGS}. Received: sampling={sampling!r}")
+
+
+def _corpus(data_dir, spec, batch_size, embed=None):
+    """(item ids, domains, embeddings or None) of the per-domain item corpus (`artifacts.ITEMS`)."""
+    ids, doms, emb = [], [], []
     for batch in data.make_dataset(data_dir, artifacts.ITEMS, batch_size, spec=spec):
-        item_ids.append(batch[fs.ITEM_ID].numpy())
-        item_dom.append(batch[fs.DOMAIN].numpy())
-        item_emb.append(model.item_embedding(batch).numpy())
-    item_ids, item_dom, item_emb = map(np.concatenate, (item_ids, item_dom, item_emb))
-    q_ids, q_dom, q_emb = [], [], []
-    for batch in data.make_dataset(data_dir, split, batch_size, spec=spec):
-        positive = tf.equal(batch[fs.LABEL], 1)
+        ids.append(batch[fs.ITEM_ID].numpy().reshape(-1))
+        doms.append(batch[fs.DOMAIN].numpy().reshape(-1))
+        if embed is not None:
+            emb.append(embed(batch).numpy())
+    return np.concatenate(ids), np.concatenate(doms), (np.concatenate(emb) if embed is not None else None)
+
+
+def _positives(data_dir, spec, split, batch_size, embed=None, holdout=None):
+    """(user ids, item ids, domains, user embeddings or None) of the positive rows of `split`."""
+    users, items, doms, emb = [], [], [], []
+    for batch in data.make_dataset(data_dir, split, batch_size, spec=spec, holdout=holdout):
+        positive = tf.equal(tf.reshape(batch[fs.LABEL], [-1]), 1)
         if not bool(tf.reduce_any(positive)):
             continue
         batch = {k: tf.boolean_mask(v, positive) for k, v in batch.items()}  # embed the queries only
-        q_ids.append(batch[fs.ITEM_ID].numpy())
-        q_dom.append(batch[fs.DOMAIN].numpy())
-        q_emb.append(model.user_embedding(batch).numpy())
-    q_ids, q_dom, q_emb = map(np.concatenate, (q_ids, q_dom, q_emb))
+        users.append(batch[fs.USER_ID].numpy().reshape(-1))
+        items.append(batch[fs.ITEM_ID].numpy().reshape(-1))
+        doms.append(batch[fs.DOMAIN].numpy().reshape(-1))
+        if embed is not None:
+            emb.append(embed(batch).numpy())
+    if not users:
+        return (np.zeros(0, object),) * 3 + (None,)
+    return (np.concatenate(users), np.concatenate(items), np.concatenate(doms),
+            np.concatenate(emb) if embed is not None else None)
+
+
+class _Keys:
+    """(user, item) pairs as sorted int64 keys, for fast membership tests of many pairs at once."""
+
+    def __init__(self, users, items, user_index, item_index):
+        self.user_index, self.item_index = user_index, item_index
+        u = np.array([user_index.get(x, -1) for x in users], np.int64)
+        i = np.array([item_index.get(x, -1) for x in items], np.int64)
+        self.width = max(len(item_index), 1)
+        self.keys = np.unique(u * self.width + i)
+
+    def contains(self, user_codes, item_codes):
+        keys = user_codes * self.width + item_codes
+        pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
+        return self.keys[pos] == keys if len(self.keys) else np.zeros(keys.shape, bool)
+
+
+def _recall(spec, queries, corpus, scorer, ks, sampled_negatives, sampling, train, rng):
+    """The per-domain and overall recalls of `scorer` (full corpus and sampled protocols)."""
+    q_users, q_items, q_dom = queries
+    item_ids, item_dom = corpus
     names = [f"recall@{k}" for k in ks] + [f"sampled_recall@{k}" for k in ks]
     per_domain, hits_all = {}, {n: 0 for n in names}
+    item_codes = {iid: j for j, iid in enumerate(item_ids)} if sampling == "unseen" else None
     for d in spec.domains:
-        cand = item_dom == d.encode()
-        rows = q_dom == d.encode()
-        if not rows.any():
+        cand = np.flatnonzero(item_dom == d.encode())
+        rows = np.flatnonzero(q_dom == d.encode())
+        if not rows.size:
             continue
-        scores = q_emb[rows] @ item_emb[cand].T
         index = {iid: j for j, iid in enumerate(item_ids[cand])}
-        target = np.array([index.get(i, -1) for i in q_ids[rows]])
+        target = np.array([index.get(i, -1) for i in q_items[rows]])
         found = target >= 0
-        pos_score = np.where(found, scores[np.arange(len(target)), np.maximum(target, 0)], np.inf)
-        rank = (scores > pos_score[:, None]).sum(axis=1)
-        # Sampled protocol: S of the corpus' other items per query, uniform with replacement (the corpus
-        # may hold fewer than S items); a draw equal to the target is moved to the next item.
-        corpus = scores.shape[1]
-        draws = rng.integers(corpus, size=(len(target), sampled_negatives))
-        if corpus > 1:
-            draws = np.where(draws == target[:, None], (draws + 1) % corpus, draws)
-        sampled_rank = (np.take_along_axis(scores, draws, axis=1) > pos_score[:, None]).sum(axis=1)
-        result = {"queries": int(rows.sum()), "corpus": int(corpus)}
+        corpus_size = cand.size
+        p = None
+        if sampling == "unseen":
+            cand_codes = np.array([item_codes[x] for x in item_ids[cand]], np.int64)
+        if sampling == "popularity":
+            clicks = np.zeros(corpus_size)
+            for i in train[1][train[2] == d.encode()]:
+                j = index.get(i)
+                if j is not None:
+                    clicks[j] += 1
+            p = (clicks + 1.0) / (clicks + 1.0).sum()  # add-one: items never clicked in training can be drawn
+        rank = np.zeros(rows.size, np.int64)
+        sampled_rank = np.zeros(rows.size, np.int64)
+        for lo in range(0, rows.size, QUERY_CHUNK):
+            q = rows[lo:lo + QUERY_CHUNK]
+            t = target[lo:lo + QUERY_CHUNK]
+            pos = np.where(t >= 0, scorer.gathered(q, cand[np.maximum(t, 0)][:, None])[:, 0], np.inf)
+            for c0 in range(0, corpus_size, ITEM_CHUNK):  # rank = items scoring above the target, chunk by chunk
+                rank[lo:lo + q.size] += (scorer.full(q, cand[c0:c0 + ITEM_CHUNK]) > pos[:, None]).sum(axis=1)
+            # Sampled protocol: S other items of the domain per query, with replacement (the corpus may hold
+            # fewer than S); a draw equal to the target (or, for "unseen", clicked by the user in training)
+            # is drawn again (up to RESAMPLING_ROUNDS times), then one equal to the target moves to the next item.
+            draws = (rng.choice(corpus_size, size=(q.size, sampled_negatives), p=p) if p is not None
+                     else rng.integers(corpus_size, size=(q.size, sampled_negatives)))
+            if sampling == "unseen":
+                users = np.array([train[3].user_index.get(u, -1) for u in q_users[q]], np.int64)[:, None]
+            for _ in range(RESAMPLING_ROUNDS):
+                bad = draws == t[:, None]
+                if sampling == "unseen":
+                    bad |= train[3].contains(users, cand_codes[draws])
+                if not bad.any():
+                    break
+                draws = np.where(bad, rng.integers(corpus_size, size=draws.shape), draws)
+            if corpus_size > 1:
+                draws = np.where(draws == t[:, None], (draws + 1) % corpus_size, draws)
+            sampled_rank[lo:lo + q.size] = (scorer.gathered(q, cand[draws]) > pos[:, None]).sum(axis=1)
+        result = {"queries": int(rows.size), "corpus": int(corpus_size)}
         for k in ks:
             for name, r in ((f"recall@{k}", rank), (f"sampled_recall@{k}", sampled_rank)):
                 hit = found & (r < k)
@@ -86,7 +145,91 @@ def evaluate_recall(model: "RetrievalModel", data_dir: str, split: str = "eval",
         per_domain[d] = result
     n = sum(r["queries"] for r in per_domain.values())
     overall = {"queries": n, **{name: hits_all[name] / max(n, 1) for name in names}}
-    return {"per_domain": per_domain, "overall": overall}
+    return {"per_domain": per_domain, "overall": overall,
+            "protocol": {"sampled_negatives": sampled_negatives, "sampling": sampling}}
+
+
+class _EmbeddingScorer:
+    """Scores of queries against items: inner products of the towers' embeddings."""
+
+    def __init__(self, query_emb, item_emb):
+        self.q, self.items = query_emb, item_emb
+
+    def full(self, q, items):  # [len(q), len(items)]
+        return self.q[q] @ self.items[items].T
+
+    def gathered(self, q, items):  # items [len(q), S] -> [len(q), S]
+        return np.einsum("qo,qso->qs", self.q[q], self.items[items])
+
+
+class _PopularityScorer:
+    """Every query ranks the items by their training clicks in the query's domain (ties broken at random)."""
+
+    def __init__(self, scores):
+        self.scores = scores
+
+    def full(self, q, items):
+        return np.broadcast_to(self.scores[items], (len(q), len(items)))
+
+    def gathered(self, q, items):
+        return self.scores[items]
+
+
+def _train_positives(data_dir, spec, batch_size, item_ids):
+    users, items, doms, _ = _positives(data_dir, spec, artifacts.SPLITS[0], batch_size)
+    user_index = {u: j for j, u in enumerate(np.unique(users))}
+    return users, items, doms, _Keys(users, items, user_index, {iid: j for j, iid in enumerate(item_ids)})
+
+
+def evaluate_recall(model: "RetrievalModel", data_dir: str, split: str = "eval", ks: Sequence[int] = (10, 50),
+                    batch_size: int = 2048, sampled_negatives: int = 100, sampling: str = "uniform", seed: int = 0,
+                    holdout: Optional[str] = None) -> Dict[str, Dict[str, float]]:
+    """Per-domain and overall Recall@K, over each domain's full item corpus and over sampled candidates.
+
+    Each positive row of `split` is a query: its user embedding (in its domain) is scored against
+    the item tower's embedding of every item of that domain's corpus (exact search, in chunks of
+    queries and items, so memory does not grow with the corpus).
+      - `recall@K`: the row's item ranks in the top K of the whole corpus of its domain.
+      - `sampled_recall@K` (the sampled-candidates protocol): the row's item ranks in the top K
+        among itself and `sampled_negatives` other items of the domain, drawn (seeded) by `sampling`:
+        `"uniform"` over the domain's corpus, `"unseen"` uniformly over the items the user did not
+        click in the train split, `"popularity"` in proportion to the domain's training clicks + 1.
+    Rows whose item is not in the domain's corpus count as misses. `holdout` selects rows of `split` as
+    `data.make_dataset` does (`"only"`: the validation rows carved out of the train split).
+
+    Returns:
+        {'per_domain': {domain: {'recall@K': r, 'sampled_recall@K': r, 'queries': n, 'corpus': c}},
+         'overall': {...}, 'protocol': {'sampled_negatives': S, 'sampling': ...}}
+    """
+    check_sampling(sampled_negatives, sampling)
+    spec = fs.FeatureSpec.load(data_dir)
+    item_ids, item_dom, item_emb = _corpus(data_dir, spec, batch_size, model.item_embedding)
+    q_users, q_items, q_dom, q_emb = _positives(data_dir, spec, split, batch_size, model.user_embedding, holdout)
+    train = _train_positives(data_dir, spec, batch_size, item_ids) if sampling != "uniform" else None
+    return _recall(spec, (q_users, q_items, q_dom), (item_ids, item_dom), _EmbeddingScorer(q_emb, item_emb), ks,
+                   sampled_negatives, sampling, train, np.random.default_rng(seed))
+
+
+def evaluate_popularity(data_dir: str, split: str = "eval", ks: Sequence[int] = (10, 50), batch_size: int = 2048,
+                        sampled_negatives: int = 100, sampling: str = "uniform", seed: int = 0
+                        ) -> Dict[str, Dict[str, float]]:
+    """`evaluate_recall` of the per-domain popularity ranking: every query of domain d gets the items of
+    d ordered by their clicks in d in the train split (ties in random order). The floor every model must
+    clear: a model below it has learned less about the users than their domain's bestsellers say."""
+    check_sampling(sampled_negatives, sampling)
+    spec = fs.FeatureSpec.load(data_dir)
+    item_ids, item_dom, _ = _corpus(data_dir, spec, batch_size)
+    train = _train_positives(data_dir, spec, batch_size, item_ids)
+    rng = np.random.default_rng(seed)
+    row_of = {(i, d): j for j, (i, d) in enumerate(zip(item_ids, item_dom))}
+    scores = rng.uniform(0.0, 0.5, size=item_ids.size)  # < 1: breaks ties only
+    for i, d in zip(train[1], train[2]):
+        j = row_of.get((i, d))
+        if j is not None:
+            scores[j] += 1.0
+    q_users, q_items, q_dom, _ = _positives(data_dir, spec, split, batch_size)
+    return _recall(spec, (q_users, q_items, q_dom), (item_ids, item_dom), _PopularityScorer(scores), ks,
+                   sampled_negatives, sampling, train, rng)
 
 
 # -------------------------------------------------------------------- ranking

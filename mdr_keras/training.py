@@ -36,6 +36,7 @@ from mdr_keras.models import retrieval
 
 RANKER_TASK = "ranking"
 RETRIEVAL_TASK = "retrieval"
+RETRIEVAL_MONITOR_K = 50  # early stopping of retrieval watches the validation Recall@50
 
 
 @dataclasses.dataclass
@@ -49,10 +50,14 @@ class TrainConfig:
         batch_size: rows per replica per step.
         learning_rate: Adam learning rate.
         seed: seed of weights, shuffling and sampling.
-        patience: early stopping: epochs without improvement of the validation metric (val_loss
-            for retrieval, val_auc for ranking) before stopping, restoring the best weights; 0 = off.
+        patience: early stopping: epochs without improvement of the validation metric (the full-corpus
+            `val_recall@50` for retrieval, `val_auc` for ranking) before stopping, restoring the best
+            weights; 0 = off.
         steps_per_epoch: cap on steps per epoch (default: one pass over the training split).
-        validation_split: split watched for early stopping ('' = none).
+        validation_split: what early stopping watches: `"auto"` (default: the eval split when the data
+            has a test split to report on, else `"holdout"`), `"holdout"` (one train row in 20, left out
+            of training: `data.HOLDOUT`), a split name, or `""` (none). The split that is reported
+            (`report_split`) is never the one watched under `"auto"`.
         model_config: fields of `RetrievalConfig` / `RankerConfig` to override.
         task: 'retrieval' or 'ranking'; needed only for the names both tasks have (dnn,
             shared-bottom, mmoe, ple, star), inferred otherwise.
@@ -67,7 +72,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 2
     steps_per_epoch: Optional[int] = None
-    validation_split: str = "eval"
+    validation_split: str = "auto"
     model_config: Dict[str, Any] = dataclasses.field(default_factory=dict)
     mixed_precision: bool = False
     task: str = ""
@@ -168,6 +173,19 @@ def _example_batch(spec: fs.FeatureSpec) -> Dict[str, tf.Tensor]:
     return out
 
 
+def validation_of(data_dir: str, validation_split: str) -> str:
+    """The split that early stopping watches for `TrainConfig.validation_split` (see there)."""
+    if validation_split != "auto":
+        return validation_split
+    return "eval" if split_rows(data_dir, "test") else data.HOLDOUT
+
+
+def report_split(data_dir: str) -> str:
+    """The split whose metrics are reported: test when the data has one, else eval (then training
+    validates on a holdout of the train split under `validation_split="auto"`)."""
+    return "test" if split_rows(data_dir, "test") else "eval"
+
+
 def split_rows(data_dir: str, split: str) -> int:
     """Rows the preprocessing job wrote to `split` (from its `artifacts.METADATA`)."""
     with tf.io.gfile.GFile(os.path.join(data_dir, artifacts.METADATA)) as f:
@@ -181,6 +199,29 @@ def _copy_spec(spec: fs.FeatureSpec, model_dir: str) -> None:
             dest = os.path.join(model_dir, f.vocab_file)
             tf.io.gfile.makedirs(os.path.dirname(dest))
             tf.io.gfile.copy(os.path.join(spec.path or "", f.vocab_file), dest, overwrite=True)
+
+
+class ValidationRecall(keras.callbacks.Callback):
+    """Adds `val_recall@K` to the epoch's logs: the overall full-corpus Recall@K of the retrieval model on
+    the validation rows (`evaluation.evaluate_recall`), what early stopping of retrieval watches: the
+    sampled-softmax loss keeps falling on popular items after the recall of the rest has peaked.
+
+    Args:
+        data_dir: output folder of `mdr preprocess`.
+        validation: a split name or `data.HOLDOUT`.
+        k: the cut-off.
+    """
+
+    def __init__(self, data_dir: str, validation: str, k: int = 50):
+        super().__init__()
+        self.data_dir, self.validation, self.k = data_dir, validation, k
+
+    def on_epoch_end(self, epoch, logs=None):
+        holdout = self.validation == data.HOLDOUT
+        metrics = evaluation.evaluate_recall(self.model, self.data_dir, "train" if holdout else self.validation,
+                                             ks=(self.k,), sampled_negatives=1, holdout="only" if holdout else None)
+        if logs is not None:
+            logs[f"val_recall@{self.k}"] = metrics["overall"][f"recall@{self.k}"]
 
 
 class _EpochTimer(keras.callbacks.Callback):
@@ -219,13 +260,23 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
     with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_CONFIG), "w") as f:
         f.write(json.dumps(config.to_json(), indent=2) + "\n")
 
+    validation = validation_of(data_dir, config.validation_split)
+    holdout = validation == data.HOLDOUT
     train_ds = data.make_dataset(data_dir, "train", global_batch, spec=spec, shuffle=True, seed=config.seed,
-                                 drop_remainder=replicas > 1)
-    eval_ds = (data.make_dataset(data_dir, config.validation_split, global_batch, spec=spec)
-               if config.validation_split else None)
+                                 drop_remainder=replicas > 1, holdout="exclude" if holdout else None)
+    eval_ds = None
+    if holdout:
+        eval_ds = data.make_dataset(data_dir, "train", global_batch, spec=spec, holdout="only")
+    elif validation:
+        eval_ds = data.make_dataset(data_dir, validation, global_batch, spec=spec)
+    if verbose and validation:
+        print(f"validation: {validation}" + (f" (1 in {data.HOLDOUT_BUCKETS} train rows, left out of training: the "
+                                             "data has no test split, so eval stays unseen)" if holdout else ""),
+              flush=True)
     steps = config.steps_per_epoch
     if steps is None:
-        total_steps = max(1, split_rows(data_dir, "train") // global_batch) * config.epochs
+        rows = split_rows(data_dir, "train") * ((data.HOLDOUT_BUCKETS - 1) / data.HOLDOUT_BUCKETS if holdout else 1)
+        total_steps = max(1, int(rows) // global_batch) * config.epochs
     else:
         train_ds = train_ds.repeat()
         total_steps = steps * config.epochs
@@ -234,7 +285,8 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        return _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, callbacks)
+        return _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, callbacks,
+                    validation, data_dir)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
@@ -260,12 +312,13 @@ def trainable_parameters(model: keras.Model) -> int:
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
-def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, extra_callbacks):
+def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, extra_callbacks,
+         validation="", data_dir=""):
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     model = build_compiled_model(spec, config, strategy, total_steps)
 
-    monitor, mode = ("val_loss", "min") if config.task == RETRIEVAL_TASK else ("val_auc", "max")
+    monitor = f"val_recall@{RETRIEVAL_MONITOR_K}" if config.task == RETRIEVAL_TASK else "val_auc"
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, artifacts.BACKUP_DIR)),
         keras.callbacks.TensorBoard(os.path.join(model_dir, artifacts.LOGS_DIR), update_freq="epoch"),
@@ -274,8 +327,10 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
     ]
     if config.task == RETRIEVAL_TASK:
         callbacks.insert(0, retrieval.SelfTrainingSchedule())
+        if eval_ds is not None:  # before the logger and early stopping, which read what it adds
+            callbacks.insert(1, ValidationRecall(data_dir, validation, RETRIEVAL_MONITOR_K))
     if config.patience and eval_ds is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=config.patience,
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.patience,
                                                        restore_best_weights=True))
     callbacks += list(extra_callbacks)
     params = trainable_parameters(model)
@@ -294,7 +349,7 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
         tf.io.gfile.rmtree(backup)
     model.save_weights(os.path.join(model_dir, artifacts.WEIGHTS))
     summary = {"model": config.model, "task": config.task, "parameters": params, "replicas": replicas,
-               "global_batch": global_batch, "epochs_run": len(history.epoch), "train_seconds": round(seconds, 2),
+               "global_batch": global_batch, "validation": validation, "epochs_run": len(history.epoch), "train_seconds": round(seconds, 2),
                "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
     with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_SUMMARY), "w") as f:
         f.write(json.dumps(summary, indent=2) + "\n")
@@ -319,16 +374,17 @@ def load_model(model_dir: str):
 
 
 def evaluate(model_dir: str, data_dir: str, split: str = "eval", ks=(10, 50), sampled_negatives: int = 100,
-             write: bool = True) -> Dict[str, Any]:
+             sampling: str = "uniform", write: bool = True) -> Dict[str, Any]:
     """Per-domain and overall metrics of a trained model on `split`; writes `model_dir/metrics.json`.
 
     Retrieval: Recall@K over each domain's full corpus and over sampled candidates
     (`evaluation.evaluate_recall`). Ranking: AUC and logloss (`evaluation.evaluate_ranker`).
     """
+    evaluation.check_sampling(sampled_negatives, sampling)  # before any model loads
     model, spec, config = load_model(model_dir)
     if config.task == RETRIEVAL_TASK:
         metrics = evaluation.evaluate_recall(model, data_dir, split, ks=ks, sampled_negatives=sampled_negatives,
-                                             seed=config.seed)
+                                             sampling=sampling, seed=config.seed)
     else:
         metrics = evaluation.evaluate_ranker(model, data_dir, split)
     metrics = {"model": config.model, "task": config.task, "split": split, "data": data_dir, **metrics}

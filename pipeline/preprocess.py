@@ -101,6 +101,9 @@ class PreprocessConfig:
                              "use --split random (or give the mapping a split column)")
         if not 2 <= len(self.ratios) <= 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
             raise ValueError(f"--ratios takes 2 or 3 non-negative fractions. Received: --ratios {self.ratios}")
+        if abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise ValueError(f"--ratios must sum to 1 (train,eval[,test]). Received: --ratios "
+                             f"{','.join(str(r) for r in self.ratios)} (sum {sum(self.ratios):g})")
         if self.split == "random" and self.ratios[0] <= 0:
             raise ValueError(f"--ratios needs a positive train fraction. Received: --ratios {self.ratios}")
         if not 0 < self.eval_fraction + self.test_fraction < 1 or self.eval_fraction <= 0 or self.test_fraction < 0:
@@ -189,6 +192,9 @@ class _WriteSpecAndMetadata(beam.DoFn):
             "domains": list(domains),
             # The training CTR of each domain: the statistics of a key without training events.
             "domain_priors": {d: domain_ctr.get(d, 0.0) for d in domains},
+            # Which rule put rows in their split: the input's split column, a time cutoff, or seeded ratios.
+            "split_rule": ("column" if getattr(getattr(self._source, "mapping", None), "split", None)
+                           else self._config.split),
             "time_cutoffs": cutoffs,
             "vocab_sizes": {f.name: f.vocab_size for f in features if f.vocab_file},
             "config": {k: (list(v) if isinstance(v, tuple) else v)

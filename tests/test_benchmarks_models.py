@@ -24,6 +24,11 @@ def test_a_bad_variant_stops_the_run_before_training(synthetic_data, tmp_path, c
     assert not os.path.exists(out)  # nothing trained, nothing written
 
 
+def test_parse_models_keeps_commas_inside_lists():
+    assert models.parse_models("adi:forward_units=[64,32]:fusion=sum,star,,dnn") == [
+        "adi:forward_units=[64,32]:fusion=sum", "star", "dnn"]
+
+
 def test_parse_seeds():
     assert models.parse_seeds("0, 1,2") == [0, 1, 2]
     for bad in ("", "0,0", "a"):
@@ -71,3 +76,42 @@ def test_several_seeds_train_a_model_once_each(synthetic_data, tmp_path, capsys)
     assert aucs[0] != aucs[1]  # the seed reaches the model
     md = open(os.path.join(out, "results.md")).read()
     assert "seed(s) 0,1" in md and "| dnn |" in md and " ± " in md
+
+
+def test_a_retrieval_table_has_the_popularity_floor(synthetic_data, tmp_path, capsys):
+    import json
+
+    data_dir, _ = synthetic_data
+    out = str(tmp_path / "bench")
+    code = models.main(["--data", data_dir, "--task", "retrieval", "--models", "dnn-domain", "--epochs", "1",
+                        "--batch-size", "256", "--output", out, "--split", "eval", "--validation-split", ""])
+    assert code == 0
+    results = json.load(open(os.path.join(out, "results.json")))["results"]
+    assert [r["model"] for r in results] == [models.POPULARITY, "dnn-domain"]
+    assert 0 < results[0]["metrics"]["overall"]["recall@50"] < 1
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(models.POPULARITY))
+    assert row.split()[-2:] == ["-", "-"]  # nothing trained: no parameters, no examples/s
+
+
+def test_merge_builds_one_table_from_earlier_runs(tmp_path, capsys):
+    import json
+
+    def run(name, models, seeds="0"):
+        args = {"data": "/d", "task": "retrieval", "split": "test", "epochs": 2, "batch_size": 1024,
+                "learning_rate": 0.002, "seeds": seeds}
+        metrics = {"per_domain": {"a": {"recall@50": 0.5, "recall@100": 0.6}},
+                   "overall": {"recall@50": 0.5, "recall@100": 0.6}}
+        rows = [{"model": m, "seed": 0, "parameters": 10, "examples_per_second": 5.0, "metrics": metrics}
+                for m in models]
+        path = tmp_path / name
+        path.write_text(json.dumps({"args": args, "results": rows}))
+        return str(path)
+
+    first = run("a.json", [models.POPULARITY, "adi"])
+    second = run("b.json", [models.POPULARITY, "adi:fusion=sum"])
+    assert models.main(["--merge", first, second, "--rename", "adi:fusion=sum=>adi, SUM fusion"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines[2:]] == [models.POPULARITY, "adi", "adi, SUM fusion"]
+    other = tmp_path / "c.json"
+    other.write_text(open(first).read().replace('"/d"', '"/other"'))
+    assert models.main(["--merge", first, str(other)]) == 2  # one data set per table

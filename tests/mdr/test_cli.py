@@ -48,6 +48,27 @@ def test_console_script_help():
         assert command in out.stdout
 
 
+def test_every_flag_has_help_and_shows_its_default(capsys):
+    import dataclasses
+
+    from mdr_keras import training
+
+    parser = cli.build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            assert action.help, (name, action.option_strings or action.dest)  # a line for every flag
+    # `mdr train`'s help states TrainConfig's defaults (kept in cli.TRAIN_DEFAULTS, so --help needs no TensorFlow).
+    defaults = {f.name: f.default for f in dataclasses.fields(training.TrainConfig)}
+    assert cli.TRAIN_DEFAULTS == {k: defaults[k] for k in cli.TRAIN_DEFAULTS}
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "maximum epochs (default 5)" in text and "Keras fit verbosity (default: 2)" in text
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    assert "(default: 8500)" in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, synthetic_raw):
     """`mdr demo` end to end on the small synthetic log, once: Beam, ADI, ranker, export, gRPC answers."""

@@ -40,3 +40,20 @@ def test_incomplete_output_is_refused(tmp_path):
         data.make_dataset(str(tmp_path), "train", 8)
     with pytest.raises(ValueError, match="Received: batch_size=0"):
         data.make_dataset(helpers.TESTDATA, "train", 0)
+
+
+def test_holdout_splits_the_train_records_in_two_fixed_parts(synthetic_data):
+    out, meta = synthetic_data
+
+    def timestamps(holdout, **kw):
+        return sorted(np.concatenate([b["timestamp"].numpy() for b in data.make_dataset(
+            out, "train", 512, names=["timestamp"], holdout=holdout, **kw)]).tolist())
+
+    kept, held, every = timestamps("exclude", shuffle=True, seed=3), timestamps("only"), timestamps(None)
+    assert len(kept) + len(held) == len(every) == meta["rows_written_per_split"]["train"]
+    assert sorted(kept + held) == every
+    # One record in 20 by a hash: about 5%, the same records whatever the shuffling.
+    assert 0.03 < len(held) / len(every) < 0.07
+    assert timestamps("exclude", shuffle=True, seed=4) == kept
+    with pytest.raises(ValueError, match="holdout must be one of"):
+        data.make_dataset(out, "train", 8, holdout="some")

@@ -1,6 +1,7 @@
 """mdr_keras.evaluation: Recall@K and AUC / logloss of known scorers against counts taken from the records,
 exact AUC / logloss / AUC Imp. by hand."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,7 +9,8 @@ import tensorflow as tf
 
 from mdr_contract import artifacts
 from mdr_contract import feature_spec as fs
-from mdr_keras.evaluation import auc_improvement, binary_auc, binary_logloss, evaluate_ranker, evaluate_recall
+from mdr_keras.evaluation import (auc_improvement, binary_auc, binary_logloss, evaluate_popularity, evaluate_ranker,
+                                  evaluate_recall)
 from tests import helpers
 
 
@@ -105,3 +107,79 @@ def test_auc_improvement_is_ads_eq_14():
     assert auc_improvement(0.6507, 0.6490) == pytest.approx(0.011409, abs=1e-6)
     assert auc_improvement(0.6490, 0.6490) == 0.0
     assert math.isnan(auc_improvement(0.7, 0.5))
+
+
+def test_popularity_ranking_lies_within_the_bounds_of_its_ties(synthetic_data):
+    data_dir, meta = synthetic_data
+    clicks = Counter((r[fs.ITEM_ID], r[fs.DOMAIN]) for r in helpers.read_records(data_dir, "train") if r[fs.LABEL])
+    corpus = {}
+    for r in helpers.read_records(data_dir, artifacts.ITEMS):
+        corpus.setdefault(r[fs.DOMAIN], []).append(r[fs.ITEM_ID])
+    positives = [r for r in helpers.read_records(data_dir, "eval") if r[fs.LABEL] == 1]
+    result = evaluate_popularity(data_dir, ks=(10,))
+    assert result["protocol"] == {"sampled_negatives": 100, "sampling": "uniform"}
+    for d, r in result["per_domain"].items():
+        counts = np.array([clicks[(i, d)] for i in corpus[d]])
+        sure = possible = 0
+        for q in (p for p in positives if p[fs.DOMAIN] == d):
+            if q[fs.ITEM_ID] not in corpus[d]:
+                continue
+            c = clicks[(q[fs.ITEM_ID], d)]
+            above, tied = (counts > c).sum(), (counts == c).sum()  # tied counts the item itself
+            sure += above + tied <= 10  # a hit whatever the order of its ties
+            possible += above < 10  # a hit for some order of its ties
+        hits = r["recall@10"] * r["queries"]
+        assert sure - 1e-6 <= hits <= possible + 1e-6, (d, sure, hits, possible)
+        # The bestsellers of a domain find far more than a random top 10 would (10 / corpus).
+        assert r["recall@10"] > 2 * 10 / len(corpus[d]), (d, r)
+
+
+def share_in_corpus(data_dir, domain):
+    """The share of the eval positives of `domain` whose item is in the domain's corpus."""
+    corpus = {r[fs.ITEM_ID] for r in helpers.read_records(data_dir, artifacts.ITEMS) if r[fs.DOMAIN] == domain}
+    items = [r[fs.ITEM_ID] for r in helpers.read_records(data_dir, "eval") if r[fs.LABEL] and r[fs.DOMAIN] == domain]
+    return sum(i in corpus for i in items) / len(items)
+
+
+class ClickedFirst:
+    """Scores an item 1 when the query's user clicked it in training, 0.5 for the query's own item, else 0:
+    every training click of the user outranks the target, nothing else does."""
+
+    def __init__(self, data_dir, vocabulary):
+        self.index = {token.encode(): i for i, token in enumerate(vocabulary)}
+        self.clicked = {}
+        for r in helpers.read_records(data_dir, "train"):
+            if r[fs.LABEL]:
+                self.clicked.setdefault(r[fs.USER_ID].encode(), set()).add(self.index[r[fs.ITEM_ID].encode()])
+
+    def item_embedding(self, batch):
+        return tf.one_hot([self.index.get(i, -1) for i in batch[fs.ITEM_ID].numpy()], len(self.index))
+
+    def user_embedding(self, batch):
+        rows = []
+        for user, item in zip(batch[fs.USER_ID].numpy(), batch[fs.ITEM_ID].numpy()):
+            row = np.zeros(len(self.index), np.float32)
+            row[list(self.clicked.get(user, ()))] = 1.0
+            if item in self.index:  # an item unseen in training is never in the corpus
+                row[self.index[item]] = max(row[self.index[item]], 0.5)
+            rows.append(row)
+        return tf.constant(np.stack(rows))
+
+
+def test_unseen_sampling_never_draws_the_users_training_clicks(synthetic_data):
+    data_dir, _ = synthetic_data
+    scorer = ClickedFirst(data_dir, fs.FeatureSpec.load(data_dir).vocabulary(fs.ITEM_ID))
+    unseen = evaluate_recall(scorer, data_dir, ks=(1,), sampling="unseen", sampled_negatives=50)
+    uniform = evaluate_recall(scorer, data_dir, ks=(1,), sampling="uniform", sampled_negatives=50)
+    assert unseen["protocol"] == {"sampled_negatives": 50, "sampling": "unseen"}
+    for d, r in unseen["per_domain"].items():
+        # Among unseen negatives the target (0.5) is first unless the user clicked it in training too
+        # (then it scores 1, still first): recall@1 is the share of queries whose item is in the corpus.
+        in_corpus = share_in_corpus(data_dir, d)
+        assert r["sampled_recall@1"] == pytest.approx(in_corpus), d
+        # Uniform draws hit some of the user's training clicks, which outrank the target.
+        assert uniform["per_domain"][d]["sampled_recall@1"] < r["sampled_recall@1"] - 0.05, d
+    with pytest.raises(ValueError, match=r"`sampling` must be one of .* Received: sampling='nope'"):
+        evaluate_recall(scorer, data_dir, sampling="nope")
+    with pytest.raises(ValueError, match=r"`sampled_negatives` must be an int >= 1. Received: sampled_negatives=0"):
+        evaluate_popularity(data_dir, sampled_negatives=0)

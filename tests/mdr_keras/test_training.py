@@ -61,6 +61,12 @@ def test_train_on_two_mirrored_replicas_then_evaluate_in_a_fresh_process(synthet
     assert "for 2 epoch(s)" in out and "on 2 replica(s)" in out
     summary = json.load(open(os.path.join(model_dir, "train_summary.json")))
     assert (summary["replicas"], summary["global_batch"], summary["epochs_run"]) == (2, 256, 2)
+    # The data has no test split, so eval is what gets reported: early stopping watches a holdout instead.
+    assert summary["validation"] == "holdout" and "val_loss" in summary["history"]
+    # Early stopping of retrieval watches the full-corpus recall of the validation rows.
+    recall = summary["history"]["val_recall@50"]
+    assert len(recall) == 2 and all(0 < r <= 1 for r in recall), recall
+    assert training.report_split(data_dir) == "eval"
     loss = summary["history"]["loss"]
     assert loss[1] < loss[0], loss
     for name in ("train_config.json", "feature_spec.json", "vocab/item_id.txt", "weights/model.index",

@@ -103,6 +103,7 @@ def test_synthetic_job_counts_and_readback(synthetic_data):
     assert len(evals) == meta["rows_written_per_split"]["eval"]
     # Time split: every eval event is at or after the cutoff, every train event before it.
     cut = meta["time_cutoffs"]["eval_start"]
+    assert meta["split_rule"] == "time"
     assert max(r["timestamp"] for r in train) < cut <= min(r["timestamp"] for r in evals)
     assert 0.05 < len(evals) / (len(train) + len(evals)) < 0.15
     assert any(r["hist_len"] == 8 for r in train)
@@ -112,6 +113,7 @@ def test_random_split_is_seeded(tmp_path, synthetic_raw):
     a = helpers.run_job("synthetic", synthetic_raw, str(tmp_path / "a"), split="random", seed=7)
     b = helpers.run_job("synthetic", synthetic_raw, str(tmp_path / "b"), split="random", seed=7)
     assert a["rows_written_per_split_domain"] == b["rows_written_per_split_domain"]
+    assert a["split_rule"] == "random"
     n = a["rows_written"]
     for split, ratio in zip(("train", "eval", "test"), (0.8, 0.1, 0.1)):
         assert abs(a["rows_written_per_split"][split] / n - ratio) < 0.02
@@ -143,6 +145,7 @@ def test_gzip_input_and_truncated_gzip(tmp_path):
     (dict(split="time", mapping=json.dumps({"user": "user_id", "item": "item_id", "domain": "domain",
                                             "label": "label"})), "--split time needs timestamps"),
     (dict(ratios=(0.5,)), "--ratios"),
+    (dict(ratios=(0.5, 0.6)), r"--ratios must sum to 1 \(train,eval\[,test\]\). Received: --ratios 0.5,0.6 \(sum 1.1\)"),
     (dict(eval_fraction=1.5), "--eval-fraction"),
     (dict(test_start="2000"), "--test-start needs --eval-start"),
     (dict(sequence_length=0), "--sequence-length"),
