@@ -66,6 +66,9 @@ class SyntheticConfig:
             candidate's category is among those clicks, in place of the default patterns. The
             domain decides which *positions* of the sequence matter, which attention by content
             alone cannot tell. Empty: the default patterns.
+        single_domain_users: every user active in its home domain only (when the domain is a user
+            attribute: an age group, a region, an app), items still shared across domains. Default
+            False (about half of the users in two domains).
         seed: random seed; equal seeds give byte-identical output.
     """
 
@@ -84,6 +87,7 @@ class SyntheticConfig:
     popularity_exposure: float = 0.5
     user_interest: float = 1.0
     sequence_windows: tuple = ()
+    single_domain_users: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -159,7 +163,7 @@ def generate(output_dir: str, config: SyntheticConfig = SyntheticConfig()) -> di
     # Active domains: a home domain, half of the users also one more (ADI: 49% of users in 2+).
     user_in = np.zeros((c.num_users, D), dtype=bool)
     user_in[np.arange(c.num_users), rng.choice(D, size=c.num_users, p=domain_weight)] = True
-    for u in np.flatnonzero(rng.random(c.num_users) < 0.5):
+    for u in np.flatnonzero((rng.random(c.num_users) < 0.5) & (not c.single_domain_users)):
         others = [d for d in range(D) if not user_in[u, d]]
         user_in[u, rng.choice(others, p=domain_weight[others] / domain_weight[others].sum())] = True
     if c.balanced_domains:

@@ -61,12 +61,22 @@ def shared_dataset(name):
     return path if os.path.exists(path) else None
 
 
-def planted_data(folder, sequence_length, **config):
+# A user's own logs with ids only, read through the generic CSV adapter.
+ID_ONLY_MAPPING = json.dumps({"user": "user_id", "item": "item_id", "domain": "domain", "label": "label",
+                              "timestamp": "timestamp"})
+
+
+def planted_data(folder, sequence_length, id_only=False, **config):
     """A synthetic log with the planted structure `config` (`SyntheticConfig` fields) written to
-    `folder/raw` and preprocessed into `folder/data`: (data_dir, metadata)."""
-    synthetic.generate(os.path.join(folder, "raw"), synthetic.SyntheticConfig(**config))
+    `folder/raw` and preprocessed into `folder/data`: (data_dir, metadata). With `id_only`, the job
+    reads only the user, item, domain, label and timestamp columns (`ID_ONLY_MAPPING`)."""
+    raw = os.path.join(folder, "raw")
+    synthetic.generate(raw, synthetic.SyntheticConfig(**config))
     data_dir = os.path.join(folder, "data")
-    return data_dir, run_job("synthetic", os.path.join(folder, "raw"), data_dir, sequence_length=sequence_length)
+    if id_only:
+        return data_dir, run_job("csv", os.path.join(raw, synthetic.EVENTS_FILENAME), data_dir,
+                                 mapping=ID_ONLY_MAPPING, sequence_length=sequence_length)
+    return data_dir, run_job("synthetic", raw, data_dir, sequence_length=sequence_length)
 
 
 def train_and_score(data_dir, model_dir, domains, metric, task, model, seed, epochs, learning_rate, ks=(50,),

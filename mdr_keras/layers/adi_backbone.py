@@ -14,6 +14,7 @@ from mdr_keras.layers.plumbing import (BACKBONE_INPUTS, Kernels, check_activatio
 NETWORK_FUSIONS = ("concat", "sum", "star")  # how the fusion layer combines E_spec and E_shared (eq. 11-17)
 ATTENTIONS = (None, "linear", "attention", "se")
 PLACEMENTS = ("per_network", "global", "per_expert")
+FORWARD_SHARING = ("specific", "star")  # the forward network: D independent MLPs, or STAR FCs (shared * domain)
 
 
 @keras.utils.register_keras_serializable(package="mdr")
@@ -89,6 +90,12 @@ class ADIBackbone(keras.layers.Layer):
             equal `shared_units[-1]` for `"concat"` / `"sum"` fusion. Default None: `shared_units`.
         forward_units: widths of the domain-specific forward network; the last layer is linear and
             its width is the output dim. Default `(64, 32)`.
+        forward_sharing: `"specific"` (default, eq. 18 as written: D independent forward networks, each
+            trained by its own domain's rows only) or `"star"` (every forward layer a STAR FC
+            `(W_shared * W^(d)) h + b_shared + b^(d)`, the domain factors starting at ones / zeros: still
+            one network per domain, but all domains train the shared factor). The layer's defaults are
+            the paper's; the retrieval model's (`RetrievalConfig`) are `"star"`, one forward layer and
+            `input_norm=True`, measured better on MovieLens-1M (see there).
         fusion: `"concat"` (default), `"sum"` or `"star"`.
         attention: adaptation mode of `DomainInterestAdaptation`: `"se"` (default), `"attention"`,
             `"linear"`, or None (no adaptation layer).
@@ -99,6 +106,9 @@ class ADIBackbone(keras.layers.Layer):
             unit. Pass the tower's number of features (F = N * e) for the paper's setting.
         attention_reduction: SE reduction ratio (hidden size `max(1, N // reduction)`). Default 4.
         dsbn: if True (default), `DomainBatchNormalization` after every hidden FC; else none.
+        input_norm: if True, a `DomainBatchNormalization` of the input `x` (per-domain statistics and
+            scale / shift, as STAR's partitioned normalization) before the adaptation layer and the
+            networks. Default False (the paper normalises hidden layers only).
         bn_momentum: DSBN moving-average momentum in [0, 1]. Default 0.99.
         bn_epsilon: DSBN epsilon (> 0). Default 1e-3.
         activation: activation of the hidden layers. Default `"relu"`.
@@ -132,21 +142,23 @@ class ADIBackbone(keras.layers.Layer):
     """
 
     def __init__(self, num_domains, num_shared=1, shared_units=(64, 32), specific_units=None,
-                 forward_units=(64, 32), fusion="concat", attention="se", attention_placement="per_network",
-                 num_fields=None, attention_reduction=4, dsbn=True, bn_momentum=0.99, bn_epsilon=1e-3,
-                 activation="relu", kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
+                 forward_units=(64, 32), forward_sharing="specific", fusion="concat", attention="se", attention_placement="per_network",
+                 num_fields=None, attention_reduction=4, dsbn=True, input_norm=False, bn_momentum=0.99,
+                 bn_epsilon=1e-3, activation="relu", kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.num_domains = check_int("num_domains", num_domains)
         self.num_shared = check_int("num_shared", num_shared)
         self.shared_units = check_units("shared_units", shared_units)
         self.specific_units = check_units("specific_units", specific_units, none_ok=True)
         self.forward_units = check_units("forward_units", forward_units)
+        self.forward_sharing = check_choice("forward_sharing", forward_sharing, FORWARD_SHARING)
         self.fusion = check_choice("fusion", fusion, NETWORK_FUSIONS)
         self.attention = check_choice("attention", attention, ATTENTIONS)
         self.attention_placement = check_choice("attention_placement", attention_placement, PLACEMENTS)
         self.num_fields = check_int("num_fields", num_fields, none_ok=True)
         self.attention_reduction = check_int("attention_reduction", attention_reduction)
         self.dsbn = check_bool("dsbn", dsbn)
+        self.input_norm = check_bool("input_norm", input_norm)
         self.bn_momentum = check_real("bn_momentum", bn_momentum, 0, 1)
         self.bn_epsilon = check_real("bn_epsilon", bn_epsilon, 0, low_open=True)
         self.activation = check_activation("activation", activation)
@@ -191,6 +203,8 @@ class ADIBackbone(keras.layers.Layer):
             return DomainBatchNormalization(self.num_domains, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
                                             name=name, dtype=self.dtype_policy) if dsbn else None
 
+        self._input_bn = (DomainBatchNormalization(self.num_domains, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                                                   name="input_bn", dtype=self.dtype_policy) if input_norm else None)
         if fusion == "star":
             self._star_bns = [bn(f"star_bn_{i}") for i in range(len(shared_units))]
         else:
@@ -213,14 +227,16 @@ class ADIBackbone(keras.layers.Layer):
             raise ValueError(f"`num_fields` must divide the features of x ({features}). "
                              f"Received: num_fields={self.num_fields}")
         D, K = self.num_domains, self.num_shared
-        for dial in self._dials.values():
-            with tf.name_scope(dial.name):  # as Keras does for a sublayer built on its first call
-                dial.build([tf.TensorShape([None, features]), tf.TensorShape([None])])
 
         def bn_build(layer, units):
             if layer is not None:
                 with tf.name_scope(layer.name):
                     layer.build([tf.TensorShape([None, units]), tf.TensorShape([None])])
+
+        bn_build(self._input_bn, features)
+        for dial in self._dials.values():
+            with tf.name_scope(dial.name):  # as Keras does for a sublayer built on its first call
+                dial.build([tf.TensorShape([None, features]), tf.TensorShape([None])])
 
         if self.fusion == "star":
             self.star_shared_kernels, self.star_shared_biases = [], []
@@ -263,9 +279,17 @@ class ADIBackbone(keras.layers.Layer):
                 self.fusion_gate_bias = self._bias("fusion_gate_bias", (1,))
                 fusion_dim = h
         self.forward_kernels, self.forward_biases = [], []
+        self.forward_shared_kernels, self.forward_shared_biases = [], []
         fan_in = fusion_dim
         for i, units in enumerate(self.forward_units):
-            self.forward_kernels.append(kernel(f"forward_kernel_{i}", (D, fan_in, units), stacked_axes=1))
+            if self.forward_sharing == "star":
+                self.forward_shared_kernels.append(kernel(f"forward_shared_kernel_{i}", (fan_in, units)))
+                self.forward_shared_biases.append(self._bias(f"forward_shared_bias_{i}", (units,)))
+                self.forward_kernels.append(self.add_weight(  # factors of the shared kernel, from ones
+                    name=f"forward_kernel_{i}", shape=(D, fan_in, units), initializer="ones",
+                    regularizer=self.kernel_regularizer))
+            else:
+                self.forward_kernels.append(kernel(f"forward_kernel_{i}", (D, fan_in, units), stacked_axes=1))
             self.forward_biases.append(self._bias(f"forward_bias_{i}", (D, units)))
             if i < len(self.forward_units) - 1:
                 bn_build(self._forward_bns[i], units)
@@ -345,6 +369,8 @@ class ADIBackbone(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         x, index, emb = self._split_inputs(inputs)
+        if self._input_bn is not None:
+            x = self._input_bn([x, index], training=training)
         if self.fusion == "star":
             if self.attention is not None:
                 x = self._adapt("dial" if self.attention_placement == "per_network" else "dial_global", x, index)
@@ -365,7 +391,11 @@ class ADIBackbone(keras.layers.Layer):
         h = fused  # eq. 18: domain-specific forward network, last layer linear
         last = len(self.forward_units) - 1
         for i in range(len(self.forward_units)):
-            h = per_domain_dense(h, self.forward_kernels[i], self.forward_biases[i], index)
+            if self.forward_sharing == "star":
+                kernel = self.forward_shared_kernels[i][None] * self.forward_kernels[i]  # [D, in, out]
+                h = per_domain_dense(h, kernel, self.forward_biases[i], index) + self.forward_shared_biases[i]
+            else:
+                h = per_domain_dense(h, self.forward_kernels[i], self.forward_biases[i], index)
             if i < last:
                 h = self._hidden(h, self._forward_bns[i], index, training)
         return h
@@ -382,6 +412,8 @@ class ADIBackbone(keras.layers.Layer):
                              "Received: an unbuilt layer")
         x = tf.cast(tf.convert_to_tensor(inputs[0]), self.compute_dtype)
         index = domain_indices(inputs[1], self.num_domains)
+        if self._input_bn is not None:  # the adaptation layers read the normalised input
+            x = self._input_bn([x, index], training=False)
         # through `__call__` (return_attention=True), which auto-casts the variables under mixed precision
         return {key: dial([x, index], return_attention=True)[1] for key, dial in self._dials.items()}
 
@@ -397,12 +429,14 @@ class ADIBackbone(keras.layers.Layer):
             "shared_units": list(self.shared_units),
             "specific_units": None if self.specific_units is None else list(self.specific_units),
             "forward_units": list(self.forward_units),
+            "forward_sharing": self.forward_sharing,
             "fusion": self.fusion,
             "attention": self.attention,
             "attention_placement": self.attention_placement,
             "num_fields": self.num_fields,
             "attention_reduction": self.attention_reduction,
             "dsbn": self.dsbn,
+            "input_norm": self.input_norm,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "activation": keras.activations.serialize(self.activation),

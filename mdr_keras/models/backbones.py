@@ -26,7 +26,7 @@ def _widths(units: Sequence[int], output_units: Optional[int]) -> List[int]:
 
 
 def make_backbone(model: str, num_domains: int, config, output_units: Optional[int] = None,
-                  output_activation=None, name: str = "backbone"):
+                  output_activation=None, num_fields: Optional[int] = None, name: str = "backbone"):
     """The backbone layer of `model`, called as `backbone([x, domain, domain_embedding], training)`.
 
     Args:
@@ -36,13 +36,15 @@ def make_backbone(model: str, num_domains: int, config, output_units: Optional[i
         num_domains: number of domains D.
         config: a `RetrievalConfig` or `RankerConfig`; the backbone reads the fields of its own:
             `dnn_units` (dnn); `num_shared`, `shared_units`, `specific_units`, `fusion`, `dsbn`,
-            `bn_momentum`, `attention`, `attention_placement`, `tower_units` as the forward network
-            (adi); `bottom_units`, `tower_units` (shared-bottom); `stitch_units` (cross-stitch);
+            `input_norm`, `bn_momentum`, `attention`, `attention_placement`, `forward_units`,
+            `forward_sharing` (adi, retrieval only); `bottom_units`, `tower_units` (shared-bottom); `stitch_units` (cross-stitch);
             `num_experts`, `expert_units`, `tower_units` (mmoe, ple); `star_units`, `star_aux_units`,
             `star_partitioned_norm`, `bn_momentum` (star); and `dropout` (all but adi).
         output_units: the width of the output: replaces the last width of the backbone's last
             network. Default None: as configured.
         output_activation: activation of the output layer (not for `LINEAR_BACKBONES`). Default None.
+        num_fields: the number of equal-width feature fields of the input (adi: the fields of its domain
+            attention). Default None: every input unit is a field.
         name: the layer's name.
 
     Returns:
@@ -57,9 +59,11 @@ def make_backbone(model: str, num_domains: int, config, output_units: Optional[i
         return MLPBackbone(_widths(c.dnn_units, output_units), dropout=c.dropout, name=name)
     if model == "adi":
         return ADIBackbone(num_domains, num_shared=c.num_shared, shared_units=list(c.shared_units),
-                           specific_units=list(c.specific_units), forward_units=_widths(c.tower_units, output_units),
-                           fusion=c.fusion, dsbn=c.dsbn, bn_momentum=c.bn_momentum, attention=c.attention,
-                           attention_placement=c.attention_placement, name=name)
+                           specific_units=list(c.specific_units), forward_units=_widths(c.forward_units, output_units),
+                           forward_sharing=c.forward_sharing,
+                           fusion=c.fusion, dsbn=c.dsbn, input_norm=c.input_norm,
+                           bn_momentum=c.bn_momentum, attention=c.attention,
+                           attention_placement=c.attention_placement, num_fields=num_fields, name=name)
     common = dict(dropout=c.dropout, output_activation=output_activation, name=name)
     if model == "shared-bottom":
         return SharedBottomBackbone(num_domains, bottom_units=list(c.bottom_units),

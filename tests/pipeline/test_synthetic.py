@@ -61,3 +61,17 @@ def test_timestamps_ordered_per_user(synthetic_raw):
             assert ts >= last.get(row["user_id"], 0)
             last[row["user_id"]] = ts
     assert helpers.SMALL_SYNTHETIC.num_users >= len(last) > 0.9 * helpers.SMALL_SYNTHETIC.num_users
+
+
+def test_single_domain_users_stay_home_while_items_are_shared(tmp_path):
+    info = synthetic.generate(str(tmp_path), synthetic.SyntheticConfig(num_users=300, num_items=200,
+                                                                         single_domain_users=True, seed=1))
+    assert info["users_in_2plus_domains"] == 0.0
+    assert info["items_in_2plus_domains"] > 0.5
+    domains = collections.defaultdict(set)
+    with open(os.path.join(tmp_path, synthetic.EVENTS_FILENAME)) as f:
+        for row in csv.DictReader(f):
+            domains[row["user_id"]].add(row["domain"])
+    assert len(domains) > 250 and all(len(d) == 1 for d in domains.values())
+    sizes = list(info["events_per_domain"].values())
+    assert sizes == sorted(sizes, reverse=True)  # still geometric: small domains exist

@@ -118,6 +118,43 @@ def test_star_fusion_by_hand():
     np.testing.assert_allclose(layer.gate_weights(EMB), [[1.0], [1.0]])  # no gate in STAR
 
 
+def test_star_forward_network_by_hand():
+    layer = tiny("star", forward_sharing="star")
+    set_by_name(layer, {"star_shared_kernel_0": [[1.0], [2.0]], "star_shared_bias_0": [1.0],
+                        "star_specific_kernel_0": [[[1.0], [1.0]], [[-1.0], [0.5]]],
+                        "star_specific_bias_0": [[0.0], [2.0]],
+                        "forward_shared_kernel_0": [[2.0]], "forward_shared_bias_0": [0.5],
+                        "forward_kernel_0": [[[0.5]], [[-1.0]]], "forward_bias_0": [[0.0], [1.0]]})
+    x = np.array([[1.0, 2.0], [1.0, 2.0], [-3.0, 0.0]], np.float32)
+    out = layer([x, np.array([0, 1, 0]), np.zeros((3, 1), np.float32)])
+    # fused as in test_star_fusion_by_hand: [6, 4, 0]. Forward W = W_shared * W^(d): domain 0 2*0.5 = 1,
+    # domain 1 2*-1 = -2.  row 0: 1*6 + 0.5 + 0 = 6.5;  row 1: -2*4 + 0.5 + 1 = -6.5;  row 2: 0 + 0.5 + 0 = 0.5
+    np.testing.assert_allclose(out, [[6.5], [-6.5], [0.5]], rtol=1e-5)
+
+
+def test_input_norm_normalises_each_domains_rows_by_their_own_statistics():
+    kwargs = dict(shared_units=[3], forward_units=[2], fusion="sum", attention="se", dsbn=False, num_fields=2)
+    normed = ADIBackbone(2, input_norm=True, **kwargs)
+    plain = ADIBackbone(2, **kwargs)
+    # Domain 0 rows [1, 2], [3, 6]: mean [2, 4], variance [1, 4] -> [-1, -1], [1, 1] (up to eps);
+    # domain 1 rows [0, 10], [4, 10]: mean [2, 10], variance [4, 0] -> [-1, 0], [1, 0].
+    x = np.array([[1, 2], [0, 10], [3, 6], [4, 10]], np.float32)
+    domain = np.array([0, 1, 0, 1])
+    emb = np.array([[1.0], [-1.0], [1.0], [-1.0]], np.float32)
+    normed([x, domain, emb])
+    plain([x, domain, emb])
+    plain.set_weights([w.numpy() for w in normed.weights if "input_bn" not in w.name])
+    by_hand = np.array([[-1 / np.sqrt(1 + EPS), -2 / np.sqrt(4 + EPS)], [-2 / np.sqrt(4 + EPS), 0],
+                        [1 / np.sqrt(1 + EPS), 2 / np.sqrt(4 + EPS)], [2 / np.sqrt(4 + EPS), 0]], np.float32)
+    np.testing.assert_allclose(normed([x, domain, emb], training=True), plain([by_hand, domain, emb]),
+                               rtol=1e-5, atol=1e-6)
+    # The adaptation weights (Fig. 5) read the input normalised with the inference statistics.
+    normed._input_bn.moving_mean.assign(np.zeros((2, 2)))
+    normed._input_bn.moving_variance.assign(np.ones((2, 2)))
+    np.testing.assert_allclose(normed.domain_attention_weights([x, domain, emb])["dial"],
+                               plain.domain_attention_weights([x / np.sqrt(1 + EPS), domain, emb])["dial"], rtol=1e-5)
+
+
 def test_star_specific_factors_start_at_the_shared_network():
     layer = ADIBackbone(3, shared_units=[4, 2], forward_units=[2], fusion="star", attention=None)
     layer(list(inputs_for(3, 5, 2, 3)))
@@ -173,6 +210,14 @@ def reference(layer, x, domain, emb, bn_scale=1.0):
             a = sigmoid((np_(layer.fusion_gate_kernel)[d] * emb).sum(-1, keepdims=True)
                         + np_(layer.fusion_gate_bias))
             fused = a * e_spec + (1 - a) * e_shared
+    if layer.forward_sharing == "star":
+        h = fused
+        for i, (ks, bs, kd, bd) in enumerate(zip(layer.forward_shared_kernels, layer.forward_shared_biases,
+                                                 layer.forward_kernels, layer.forward_biases)):
+            h = np.einsum("bi,bio->bo", h, (np_(ks)[None] * np_(kd))[d]) + np_(bs) + np_(bd)[d]
+            if i < len(layer.forward_units) - 1:
+                h = relu(bn_scale * h)
+        return h
     return per_domain_mlp(fused, layer.forward_kernels, layer.forward_biases, linear_last=True)
 
 
@@ -182,12 +227,13 @@ def reference(layer, x, domain, emb, bn_scale=1.0):
     ("star", None, "per_network"), ("star", "se", "per_network"), ("star", "se", "global"),
 ])
 @pytest.mark.parametrize("dsbn", [False, True])
-def test_matches_numpy_reference(fusion, attention, placement, dsbn):
+@pytest.mark.parametrize("forward_sharing", ["specific", "star"])
+def test_matches_numpy_reference(fusion, attention, placement, dsbn, forward_sharing):
     num_domains, features = 3, 6
     layer = ADIBackbone(num_domains, num_shared=1 if fusion == "star" else 2, shared_units=[5, 4],
                         specific_units=None if fusion == "star" else [3, 4], forward_units=[4, 3],
                         fusion=fusion, attention=attention, attention_placement=placement, num_fields=3,
-                        attention_reduction=1, dsbn=dsbn)
+                        attention_reduction=1, dsbn=dsbn, forward_sharing=forward_sharing)
     x, domain, emb = inputs_for(7, features, 2, num_domains)
     layer([x, domain, emb])
     randomize(layer, seed=1)
@@ -369,6 +415,7 @@ def test_trains_in_a_compiled_step():
      "activation": "tanh", "kernel_initializer": "he_normal", "kernel_regularizer": keras.regularizers.L2(1e-4)},
     {"num_domains": 2, "attention": "attention", "attention_placement": "global", "num_fields": 2,
      "attention_reduction": 2},
+    {"num_domains": 3, "forward_sharing": "star", "input_norm": True},
 ])
 def test_config_round_trip(kwargs):
     layer = ADIBackbone(**kwargs)
@@ -388,7 +435,8 @@ def test_save_reload_same_predictions_in_fresh_process(tmp_path):
     concat = ADIBackbone(num_domains, num_shared=2, shared_units=[5, 4], forward_units=[4, 3], num_fields=3,
                          attention_placement="per_expert", bn_momentum=0.5, name="concat_tower")
     star = ADIBackbone(num_domains, shared_units=[4], forward_units=[3, 2], fusion="star", attention="linear",
-                       attention_placement="global", bn_momentum=0.5, name="star_tower")
+                       attention_placement="global", bn_momentum=0.5, forward_sharing="star", input_norm=True,
+                       name="star_tower")
     model = keras.Model({"x": x_in, "domain": d_in, "domain_embedding": e_in},
                         {"concat": concat([x_in, d_in, e_in]), "star": star([x_in, d_in, e_in])})
     randomize(concat, seed=3)
@@ -422,6 +470,8 @@ def test_save_reload_same_predictions_in_fresh_process(tmp_path):
     {"num_domains": 2, "num_fields": 0},
     {"num_domains": 2, "attention_reduction": 0},
     {"num_domains": 2, "dsbn": 1},
+    {"num_domains": 2, "input_norm": "yes"},
+    {"num_domains": 2, "forward_sharing": "shared"},
     {"num_domains": 2, "bn_momentum": 1.5},
     {"num_domains": 2, "bn_epsilon": 0.0},
     {"num_domains": 2, "activation": "no_such_activation"},

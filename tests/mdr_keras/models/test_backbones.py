@@ -47,8 +47,12 @@ def test_widths_and_settings_come_from_the_config():
                          output_units=4)
     assert star.units == [16, 4] and star.pn_momentum == 0.8 and not star.partitioned_norm
     assert make_backbone("dnn", 2, RetrievalConfig(dnn_units=(16, 8)), output_units=4).units == [16, 4]
-    adi = make_backbone("adi", 2, RetrievalConfig(tower_units=(16, 8), num_shared=3), output_units=4)
+    adi = make_backbone("adi", 2, RetrievalConfig(forward_units=(16, 8), num_shared=3, forward_sharing="specific",
+                                                  input_norm=False), output_units=4)
     assert adi.forward_units == [16, 4] and adi.num_shared == 3
+    assert (adi.forward_sharing, adi.input_norm) == ("specific", False)
+    default = make_backbone("adi", 2, RetrievalConfig(), output_units=4)  # the measured defaults (RetrievalConfig)
+    assert default.forward_units == [4] and default.forward_sharing == "star" and default.input_norm
     ple = make_backbone("ple", 2, RankerConfig(expert_units=(12,), tower_units=(6,)))
     assert (ple.num_levels, ple.num_shared_experts, ple.num_specific_experts) == (1, 1, 1)
     assert ple.expert_units == [12] and ple.tower_units == [6]
