@@ -122,6 +122,23 @@ def _evaluate_and_print(model_dir, data_dir, split, baseline_dir, ks=(10, 50), s
     return 0
 
 
+def _split_misuse(data_dir: str, split: str):
+    """The one-line complaint when `split` of a finished data folder has no rows (None otherwise); reads
+    only metadata.json, so it runs before any model loads."""
+    import json
+
+    from mdr_contract import artifacts, files
+
+    path = os.path.join(data_dir, artifacts.METADATA)
+    if not files.exists(path):
+        return None  # not a finished data folder: the loaders say so
+    rows = json.loads(files.read_text(path)).get("rows_written_per_split", {})
+    if rows.get(split, 0):
+        return None
+    present = [s for s, n in rows.items() if n]
+    return f"--split {split}: {data_dir} has no {split} rows (splits with rows: {', '.join(present) or 'none'})"
+
+
 def _evaluate(args) -> int:
     return _evaluate_and_print(args.model_dir, args.data, args.split, args.baseline, ks=tuple(args.k),
                                sampled_negatives=args.sampled_negatives, sampling=args.sampling)
@@ -160,14 +177,12 @@ def _client_and_store(args):
 def _query(args) -> int:
     from serving import client
 
-    c, store = _client_and_store(args)
+    c, store = _client_and_store(args)  # (--items is checked in main, before the store loads)
     with c:
         if args.what == "candidates":
             print(client.format_candidates(args.domain, args.user, c.candidates(args.domain, args.user, args.k, store,
                                                                                 model=args.model or "retrieval")))
         else:
-            if not args.items:
-                raise ValueError("mdr query scores needs --items ITEM [ITEM ...]")
             scores = c.scores(args.domain, args.user, args.items, store, model=args.model or "ranker")
             print(client.format_scores(args.domain, args.user, args.items, scores))
     return 0
@@ -360,6 +375,9 @@ def main(argv=None) -> int:
     args, beam_args = parser.parse_known_args(argv)
     if beam_args and args.command not in ("preprocess", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.command == "query" and args.what == "scores" and not args.items:  # before TensorFlow loads
+        print("mdr query: error: scores needs --items ITEM [ITEM ...]", file=sys.stderr)
+        return 2
     from pipeline.sources import InputError
 
     user_errors = (InputError, ValueError, FileNotFoundError)  # an unusable input: exit 1 with its message
@@ -386,6 +404,10 @@ def main(argv=None) -> int:
             return _train(args)
         if args.command == "evaluate":
             args.k = args.k or [10, 50]
+            misuse = _split_misuse(args.data, args.split)
+            if misuse:
+                print(f"mdr evaluate: error: {misuse}", file=sys.stderr)
+                return 2
             return _evaluate(args)
         if args.command == "report":
             return _report(args)

@@ -38,6 +38,21 @@ def test_misuse_exits_2_naming_the_flag(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "--output", "x", "--bogus", "1"])
     assert e.value.code == 2
+    capsys.readouterr()
+    # Checked before anything loads (no server at port 1, no store at "nowhere": neither is reached).
+    assert cli.main(["query", "scores", "--server", "127.0.0.1:1", "--store", "nowhere", "--domain", "d0",
+                     "--user", "u1"]) == 2
+    assert capsys.readouterr().err.strip() == "mdr query: error: scores needs --items ITEM [ITEM ...]"
+
+
+def test_evaluate_on_a_split_without_rows_is_refused_before_any_model_loads(synthetic_data, tmp_path, capsys):
+    data_dir, meta = synthetic_data
+    assert meta["rows_written_per_split"]["test"] == 0  # a time split without --test-start
+    code = cli.main(["evaluate", "--model-dir", str(tmp_path / "no_model_here"), "--data", data_dir,
+                     "--split", "test"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (f"mdr evaluate: error: --split test: {data_dir} has no test rows "
+                                               "(splits with rows: train, eval)")
 
 
 def test_console_script_help():
