@@ -181,9 +181,11 @@ def _query(args) -> int:
     with c:
         if args.what == "candidates":
             print(client.format_candidates(args.domain, args.user, c.candidates(args.domain, args.user, args.k, store,
-                                                                                model=args.model or "retrieval")))
+                                                                                model=args.model or "retrieval",
+                                                                                cold_start=args.cold_start)))
         else:
-            scores = c.scores(args.domain, args.user, args.items, store, model=args.model or "ranker")
+            scores = c.scores(args.domain, args.user, args.items, store, model=args.model or "ranker",
+                              cold_start=args.cold_start)
             print(client.format_scores(args.domain, args.user, args.items, scores))
     return 0
 
@@ -194,7 +196,8 @@ def _recommend(args) -> int:
     c, store = _client_and_store(args)
     with c:
         print(client.format_recommendations(args.domain, args.user,
-                                            c.recommend(args.domain, args.user, store, n=args.n, k=args.k)))
+                                            c.recommend(args.domain, args.user, store, n=args.n, k=args.k,
+                                                        cold_start=args.cold_start)))
     return 0
 
 
@@ -241,6 +244,8 @@ def _add_client_arguments(p):
     p.add_argument("--user", required=True, help="user id, as in the logs")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline of each RPC in seconds")
     p.add_argument("--examples", action="store_true", help="call the `examples` signatures (tf.Example)")
+    p.add_argument("--cold-start", action="store_true",
+                   help="a user the feature store does not know gets default features instead of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -152,7 +152,8 @@ class FeatureStore:
         if base is None:
             if not cold_start:
                 raise ValueError(f"Unknown user {user_id!r}: not in the feature store ({len(self._users)} users); "
-                                 "pass cold_start=True to query with default features")
+                                 "query with default features: --cold-start (mdr query / recommend), cold_start=True "
+                                 "(Python)")
             base = {**self.user_defaults, fs.USER_ID: user_id}
         stats = self._user_stats.get((user_id, domain))
         if stats is None:

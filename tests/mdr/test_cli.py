@@ -147,6 +147,14 @@ def test_serve_then_query_and_recommend_from_other_processes(demo_run):
         done = subprocess.run(base + ["query", "candidates", "--model", "nope"] + common,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 1 and "NOT_FOUND" in done.stderr, done.stderr[-2000:]
+        # An unknown user: refused with the flag that serves it, which then does.
+        stranger = common[:-1] + ["not-a-user"]
+        done = subprocess.run(base + ["recommend"] + stranger, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 1 and "--cold-start" in done.stderr, done.stderr[-2000:]
+        done = subprocess.run(base + ["recommend", "--cold-start", "-n", "2"] + stranger,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len([l for l in done.stdout.splitlines() if l.strip()[:1].isdigit()]) == 2
     finally:
         server.terminate()
         assert server.wait(timeout=30) == 0
