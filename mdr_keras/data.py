@@ -15,6 +15,11 @@ HOLDOUT_BUCKETS = 20
 HOLDOUT_MODES = (None, "exclude", "only")
 
 
+def validation_rows(validation: str):
+    """`(split, holdout)` to pass to `make_dataset` for the rows of a validation split name or `HOLDOUT`."""
+    return ("train", "only") if validation == HOLDOUT else (validation, None)
+
+
 def record_files(data_dir: str, split: str) -> list:
     """The TFRecord shards of a split (`train`, `eval`, `test` or `artifacts.ITEMS`) of a finished job."""
     files.check_complete(data_dir)

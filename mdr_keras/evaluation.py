@@ -69,17 +69,27 @@ def _positives(data_dir, spec, split, batch_size, embed=None, holdout=None):
             np.concatenate(emb) if embed is not None else None)
 
 
-class _Keys:
-    """(user, item) pairs as sorted int64 keys, for fast membership tests of many pairs at once."""
+class _Train:
+    """The train split's positives against the corpus rows `(item_ids, item_dom)`: the clicks of each corpus
+    row, and the (user, item) pairs as sorted int64 keys for fast membership tests of many pairs at once."""
 
-    def __init__(self, users, items, user_index, item_index):
-        self.user_index, self.item_index = user_index, item_index
-        u = np.array([user_index.get(x, -1) for x in users], np.int64)
-        i = np.array([item_index.get(x, -1) for x in items], np.int64)
-        self.width = max(len(item_index), 1)
+    def __init__(self, data_dir, spec, batch_size, item_ids, item_dom):
+        users, items, doms, _ = _positives(data_dir, spec, artifacts.SPLITS[0], batch_size)
+        row_of = {(i, d): j for j, (i, d) in enumerate(zip(item_ids, item_dom))}
+        self.clicks = np.zeros(item_ids.size)
+        for key in zip(items, doms):
+            j = row_of.get(key)
+            if j is not None:
+                self.clicks[j] += 1
+        self.user_index = {u: j for j, u in enumerate(np.unique(users))}
+        self.item_index = {iid: j for j, iid in enumerate(item_ids)}
+        u = np.array([self.user_index[x] for x in users], np.int64)
+        i = np.array([self.item_index.get(x, -1) for x in items], np.int64)
+        self.width = max(len(self.item_index), 1)
         self.keys = np.unique(u * self.width + i)
 
-    def contains(self, user_codes, item_codes):
+    def clicked(self, user_codes, item_codes):
+        """Whether each (user, item) pair is a training click."""
         keys = user_codes * self.width + item_codes
         pos = np.minimum(np.searchsorted(self.keys, keys), max(len(self.keys) - 1, 0))
         return self.keys[pos] == keys if len(self.keys) else np.zeros(keys.shape, bool)
@@ -91,7 +101,6 @@ def _recall(spec, queries, corpus, scorer, ks, sampled_negatives, sampling, trai
     item_ids, item_dom = corpus
     names = [f"recall@{k}" for k in ks] + [f"sampled_recall@{k}" for k in ks]
     per_domain, hits_all = {}, {n: 0 for n in names}
-    item_codes = {iid: j for j, iid in enumerate(item_ids)} if sampling == "unseen" else None
     for d in spec.domains:
         cand = np.flatnonzero(item_dom == d.encode())
         rows = np.flatnonzero(q_dom == d.encode())
@@ -103,14 +112,9 @@ def _recall(spec, queries, corpus, scorer, ks, sampled_negatives, sampling, trai
         corpus_size = cand.size
         p = None
         if sampling == "unseen":
-            cand_codes = np.array([item_codes[x] for x in item_ids[cand]], np.int64)
-        if sampling == "popularity":
-            clicks = np.zeros(corpus_size)
-            for i in train[1][train[2] == d.encode()]:
-                j = index.get(i)
-                if j is not None:
-                    clicks[j] += 1
-            p = (clicks + 1.0) / (clicks + 1.0).sum()  # add-one: items never clicked in training can be drawn
+            cand_codes = np.array([train.item_index[x] for x in item_ids[cand]], np.int64)
+        if sampling == "popularity":  # add-one: items never clicked in training can be drawn
+            p = (train.clicks[cand] + 1.0) / (train.clicks[cand] + 1.0).sum()
         rank = np.zeros(rows.size, np.int64)
         sampled_rank = np.zeros(rows.size, np.int64)
         for lo in range(0, rows.size, QUERY_CHUNK):
@@ -125,11 +129,11 @@ def _recall(spec, queries, corpus, scorer, ks, sampled_negatives, sampling, trai
             draws = (rng.choice(corpus_size, size=(q.size, sampled_negatives), p=p) if p is not None
                      else rng.integers(corpus_size, size=(q.size, sampled_negatives)))
             if sampling == "unseen":
-                users = np.array([train[3].user_index.get(u, -1) for u in q_users[q]], np.int64)[:, None]
+                users = np.array([train.user_index.get(u, -1) for u in q_users[q]], np.int64)[:, None]
             for _ in range(RESAMPLING_ROUNDS):
                 bad = draws == t[:, None]
                 if sampling == "unseen":
-                    bad |= train[3].contains(users, cand_codes[draws])
+                    bad |= train.clicked(users, cand_codes[draws])
                 if not bad.any():
                     break
                 draws = np.where(bad, rng.integers(corpus_size, size=draws.shape), draws)
@@ -175,12 +179,6 @@ class _PopularityScorer:
         return self.scores[items]
 
 
-def _train_positives(data_dir, spec, batch_size, item_ids):
-    users, items, doms, _ = _positives(data_dir, spec, artifacts.SPLITS[0], batch_size)
-    user_index = {u: j for j, u in enumerate(np.unique(users))}
-    return users, items, doms, _Keys(users, items, user_index, {iid: j for j, iid in enumerate(item_ids)})
-
-
 def evaluate_recall(model: "RetrievalModel", data_dir: str, split: str = "eval", ks: Sequence[int] = (10, 50),
                     batch_size: int = 2048, sampled_negatives: int = 100, sampling: str = "uniform", seed: int = 0,
                     holdout: Optional[str] = None) -> Dict[str, Dict[str, float]]:
@@ -205,7 +203,7 @@ def evaluate_recall(model: "RetrievalModel", data_dir: str, split: str = "eval",
     spec = fs.FeatureSpec.load(data_dir)
     item_ids, item_dom, item_emb = _corpus(data_dir, spec, batch_size, model.item_embedding)
     q_users, q_items, q_dom, q_emb = _positives(data_dir, spec, split, batch_size, model.user_embedding, holdout)
-    train = _train_positives(data_dir, spec, batch_size, item_ids) if sampling != "uniform" else None
+    train = _Train(data_dir, spec, batch_size, item_ids, item_dom) if sampling != "uniform" else None
     return _recall(spec, (q_users, q_items, q_dom), (item_ids, item_dom), _EmbeddingScorer(q_emb, item_emb), ks,
                    sampled_negatives, sampling, train, np.random.default_rng(seed))
 
@@ -219,14 +217,9 @@ def evaluate_popularity(data_dir: str, split: str = "eval", ks: Sequence[int] = 
     check_sampling(sampled_negatives, sampling)
     spec = fs.FeatureSpec.load(data_dir)
     item_ids, item_dom, _ = _corpus(data_dir, spec, batch_size)
-    train = _train_positives(data_dir, spec, batch_size, item_ids)
+    train = _Train(data_dir, spec, batch_size, item_ids, item_dom)
     rng = np.random.default_rng(seed)
-    row_of = {(i, d): j for j, (i, d) in enumerate(zip(item_ids, item_dom))}
-    scores = rng.uniform(0.0, 0.5, size=item_ids.size)  # < 1: breaks ties only
-    for i, d in zip(train[1], train[2]):
-        j = row_of.get((i, d))
-        if j is not None:
-            scores[j] += 1.0
+    scores = train.clicks + rng.uniform(0.0, 0.5, size=item_ids.size)  # < 1: breaks ties only
     q_users, q_items, q_dom, _ = _positives(data_dir, spec, split, batch_size)
     return _recall(spec, (q_users, q_items, q_dom), (item_ids, item_dom), _PopularityScorer(scores), ks,
                    sampled_negatives, sampling, train, rng)

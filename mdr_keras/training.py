@@ -217,9 +217,9 @@ class ValidationRecall(keras.callbacks.Callback):
         self.data_dir, self.validation, self.k = data_dir, validation, k
 
     def on_epoch_end(self, epoch, logs=None):
-        holdout = self.validation == data.HOLDOUT
-        metrics = evaluation.evaluate_recall(self.model, self.data_dir, "train" if holdout else self.validation,
-                                             ks=(self.k,), sampled_negatives=1, holdout="only" if holdout else None)
+        split, holdout = data.validation_rows(self.validation)
+        metrics = evaluation.evaluate_recall(self.model, self.data_dir, split, ks=(self.k,), sampled_negatives=1,
+                                             holdout=holdout)
         if logs is not None:
             logs[f"val_recall@{self.k}"] = metrics["overall"][f"recall@{self.k}"]
 
@@ -265,10 +265,9 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
     train_ds = data.make_dataset(data_dir, "train", global_batch, spec=spec, shuffle=True, seed=config.seed,
                                  drop_remainder=replicas > 1, holdout="exclude" if holdout else None)
     eval_ds = None
-    if holdout:
-        eval_ds = data.make_dataset(data_dir, "train", global_batch, spec=spec, holdout="only")
-    elif validation:
-        eval_ds = data.make_dataset(data_dir, validation, global_batch, spec=spec)
+    if validation:
+        split, rows = data.validation_rows(validation)
+        eval_ds = data.make_dataset(data_dir, split, global_batch, spec=spec, holdout=rows)
     if verbose and validation:
         print(f"validation: {validation}" + (f" (1 in {data.HOLDOUT_BUCKETS} train rows, left out of training: the "
                                              "data has no test split, so eval stays unseen)" if holdout else ""),

@@ -42,24 +42,32 @@ PLANTED = dict(num_users=1000, num_items=300, num_categories=5, mean_events=20, 
                balanced_domains=True, popularity_exposure=0.2, seed=0)
 
 
-@pytest.mark.slow
-def test_adi_beats_domain_blind_dnn_in_every_domain_on_planted_domain_tastes(tmp_path):
+def adi_against_dnn(data_dir, meta, tmp_path, title, epochs, learning_rate):
+    """Recall@50 per domain of adi and of the domain-blind dnn, seeds 0 and 1, trained as `mdr train` does:
+    (adi [2, D], dnn [2, D], gap of the seed means, noise, recall(model, seed, **model_config))."""
     from tests import helpers
-
-    data_dir, meta = helpers.planted_data(str(tmp_path), sequence_length=8, **PLANTED)
 
     def recall(model, seed, **model_config):
         out = str(tmp_path / f"{model}_{seed}_{len(model_config)}")
         return helpers.train_and_score(data_dir, out, meta["domains"], "recall@50", "retrieval", model, seed,
-                                       epochs=3, learning_rate=3e-3, **model_config)
+                                       epochs=epochs, learning_rate=learning_rate, **model_config)
 
     adi = np.stack([recall("adi", s) for s in (0, 1)])
     dnn = np.stack([recall("dnn", s) for s in (0, 1)])
     # Run-to-run noise: the largest per-domain difference between two seeds of the same model.
     noise = max(np.abs(adi[0] - adi[1]).max(), np.abs(dnn[0] - dnn[1]).max())
     gap = adi.mean(axis=0) - dnn.mean(axis=0)
-    print(f"\nLEARNING adi recall@50 per domain {adi.round(3).tolist()} dnn {dnn.round(3).tolist()} "
+    print(f"\nLEARNING {title}adi recall@50 per domain {adi.round(3).tolist()} dnn {dnn.round(3).tolist()} "
           f"gap {gap.round(3).tolist()} noise {noise:.3f}")
+    return adi, dnn, gap, noise, recall
+
+
+@pytest.mark.slow
+def test_adi_beats_domain_blind_dnn_in_every_domain_on_planted_domain_tastes(tmp_path):
+    from tests import helpers
+
+    data_dir, meta = helpers.planted_data(str(tmp_path), sequence_length=8, **PLANTED)
+    adi, dnn, gap, noise, recall = adi_against_dnn(data_dir, meta, tmp_path, "", epochs=3, learning_rate=3e-3)
     # Measured (seeds 0/1): adi 0.78-0.83, dnn 0.32-0.46 in every domain; noise 0.11 (DNN's).
     assert (gap > max(2 * noise, 0.1)).all(), (adi, dnn, noise)
     # Ablations stay domain-aware (the domain-specific networks carry the tastes): without DSBN or
@@ -85,17 +93,7 @@ def test_adi_beats_the_domain_blind_dnn_on_a_planted_id_only_world(tmp_path):
     assert not [f.name for f in spec.features if f.role in (fs.ROLE_USER, fs.ROLE_ITEM)
                 and f.name not in (fs.USER_ID, fs.ITEM_ID)]  # ids only
 
-    def recall(model, seed):
-        out = str(tmp_path / f"{model}_{seed}")
-        return helpers.train_and_score(data_dir, out, meta["domains"], "recall@50", "retrieval", model, seed,
-                                       epochs=5, learning_rate=2e-3)
-
-    adi = np.stack([recall("adi", s) for s in (0, 1)])
-    dnn = np.stack([recall("dnn", s) for s in (0, 1)])
-    noise = max(np.abs(adi[0] - adi[1]).max(), np.abs(dnn[0] - dnn[1]).max())
-    gap = adi.mean(axis=0) - dnn.mean(axis=0)
-    print(f"\nLEARNING id-only adi recall@50 per domain {adi.round(3).tolist()} dnn {dnn.round(3).tolist()} "
-          f"gap {gap.round(3).tolist()} noise {noise:.3f}")
+    adi, dnn, gap, noise, _ = adi_against_dnn(data_dir, meta, tmp_path, "id-only ", epochs=5, learning_rate=2e-3)
     # Measured (benchmarks/results/planted-id-only-retrieval.md, 3 seeds): adi 0.684 / 0.764 / 0.801, the
     # domain-blind dnn 0.644 / 0.708 / 0.736 (sd <= 0.016). The blind model still knows a user's domain
     # through the user (users stay home), so the gap is smaller than on the planted tastes above; every
