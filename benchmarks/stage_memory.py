@@ -59,6 +59,18 @@ def _tail(path, lines=20):
         return ""
 
 
+def _vm_hwm_kib(pid):
+    """The process's peak resident set (VmHWM, KiB) from /proc; 0 once it has exited."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 class Stage:
     """One `mdr` command in a child process; `wait` gives its wall time and peak RSS.
 
@@ -80,14 +92,21 @@ class Stage:
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.process = subprocess.Popen(self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
         self.exit_code = self.rusage = None
+        self.hwm_kib = 0
 
     @property
     def command(self):
         return "mdr " + " ".join(shlex.quote(a) for a in self.argv[3:])
 
+    def sample(self):
+        """Reads the process's peak RSS so far (while it runs; a no-op once it has ended)."""
+        if self.rusage is None:
+            self.hwm_kib = max(self.hwm_kib, _vm_hwm_kib(self.process.pid))
+
     def poll(self):
         """True once the process has ended (and was reaped here, with its resource usage)."""
         if self.rusage is None:
+            self.sample()
             pid, status, rusage = os.wait4(self.process.pid, os.WNOHANG)
             if pid == 0:
                 return False
@@ -95,10 +114,13 @@ class Stage:
             self.process.returncode = self.exit_code  # reaped here: Popen must not wait for it again
         return True
 
-    def wait(self, timeout):
-        """Waits for the end (killing the process after `timeout` s); StageError unless it exited 0."""
+    def wait(self, timeout, watch=()):
+        """Waits for the end (killing the process after `timeout` s); StageError unless it exited 0.
+        `watch`: other running stages whose peak RSS is sampled meanwhile (the server during a query)."""
         deadline = time.monotonic() + timeout
         while not self.poll():
+            for other in watch:
+                other.sample()
             if time.monotonic() > deadline:
                 self.process.kill()
                 while not self.poll():
@@ -124,7 +146,10 @@ class Stage:
 
     @property
     def peak_mib(self):
-        return self.rusage.ru_maxrss / 1024  # KiB on Linux
+        # Not rusage.ru_maxrss: Linux carries the parent's RSS over fork + exec into it, so a stage started
+        # from a 2 GiB pytest process reported 2 GiB. VmHWM is the child's own high-water mark, sampled
+        # every poll (50 ms), so growth in its last 50 ms can be missed.
+        return self.hwm_kib / 1024
 
     def error(self, what):
         return StageError(f"stage '{self.name}' {what}: {self.command}\n--- last lines of its stderr "
@@ -208,7 +233,7 @@ def run(args):
         server.wall = time.perf_counter() - server.start
         query = Stage("recommend", ["recommend", "--server", address, "--store", data, "--domain", domain,
                                     "--user", user, "-n", 10, "--timeout", 60], log_dir)
-        query.wait(args.stage_timeout)
+        query.wait(args.stage_timeout, watch=(server,))
     finally:
         server.stop()
     if server.exit_code not in (0, -signal.SIGTERM):

@@ -17,6 +17,7 @@ and says why, before any work starts. The demo's stages live in `mdr.demo`, the 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import sys
@@ -372,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # A crash inside TensorFlow's native code (SIGSEGV, SIGABRT) then leaves the Python stack of every thread
+    # on stderr, instead of a bare exit status -11.
+    if not faulthandler.is_enabled():
+        faulthandler.enable()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # local-runner worker chatter

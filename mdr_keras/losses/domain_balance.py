@@ -173,4 +173,5 @@ def weighted_bce(labels, probs, weights=None, from_logits=False):
         bce = keras.backend.binary_crossentropy(labels, probs)
     if weights is not None:
         bce = tf.reshape(tf.cast(weights, tf.float32), [-1]) * bce
-    return tf.reduce_mean(bce)
+    # 0, not NaN, for a batch without rows (a replica's share of a last partial batch).
+    return tf.math.divide_no_nan(tf.reduce_sum(bce), tf.cast(tf.size(bce), tf.float32))

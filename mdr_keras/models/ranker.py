@@ -351,7 +351,9 @@ class RankerModel(keras.Model):
     def _update_metrics(self, labels, logit):
         # "loss" is the plain BCE in training and evaluation alike (DBO's weights change the optimised
         # loss only), so it can be compared across epochs, models and the validation split.
-        self.loss_tracker.update_state(weighted_bce(labels, logit, from_logits=True))
+        # Weighted by rows: a last partial batch (or a replica's empty share of it) counts for what it holds.
+        self.loss_tracker.update_state(weighted_bce(labels, logit, from_logits=True),
+                                       sample_weight=tf.cast(tf.size(labels), tf.float32))
         self.auc_tracker.update_state(labels, tf.sigmoid(logit))
 
     @property

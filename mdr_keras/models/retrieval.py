@@ -236,21 +236,28 @@ class RetrievalModel(keras.Model):
             if self.self_training:
                 pseudo = self._task_loss(self._pseudo_positives(raw, training=True), training=True)[0]
                 total += pseudo
-                self.pseudo_tracker.update_state(pseudo)
+                self.pseudo_tracker.update_state(pseudo, sample_weight=_has_rows(raw))
             scaled = total / tf.distribute.get_strategy().num_replicas_in_sync
         # `minimize` with the tape: a LossScaleOptimizer (mixed precision) scales and unscales here.
         self.optimizer.minimize(scaled, self.trainable_variables, tape=tape)
-        self.loss_tracker.update_state(loss)
+        self.loss_tracker.update_state(loss, sample_weight=_has_rows(raw))
         return {m.name: m.result() for m in self.metrics}
 
     @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
-        self.loss_tracker.update_state(self.compute_task_loss(data, training=False))
+        positive = tf.equal(data[fs.LABEL], 1)
+        self.loss_tracker.update_state(self.compute_task_loss(data, training=False),
+                                       sample_weight=_has_rows({fs.LABEL: tf.boolean_mask(data[fs.LABEL], positive)}))
         return {"loss": self.loss_tracker.result()}
 
     @property
     def metrics(self):
         return [self.loss_tracker] + ([self.pseudo_tracker] if self.self_training else [])
+
+
+def _has_rows(batch):
+    """1.0 for a batch with rows, 0.0 for one without (its loss is 0, not a mean to average in)."""
+    return tf.cast(tf.shape(batch[fs.LABEL])[0] > 0, tf.float32)
 
 
 class SelfTrainingSchedule(keras.callbacks.Callback):

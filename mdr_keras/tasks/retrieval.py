@@ -85,10 +85,15 @@ class SampledSoftmaxRetrieval(keras.layers.Layer):
     def call(self, inputs, training=None):
         logits = self.logits(inputs)
         labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1], dtype=logits.dtype)
-        loss = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+        # A batch without rows is real (a replica's share of a last partial batch, a batch without positives)
+        # and TensorFlow 2.16's softmax cross-entropy crashes the process (SIGSEGV) on empty logits: its loss
+        # is 0 instead, without calling it.
+        loss = tf.cond(tf.size(logits) > 0,
+                       lambda: tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits),
+                       lambda: tf.zeros([0], logits.dtype))
         weight = inputs.get("sample_weight")
         if weight is None:
-            return tf.reduce_mean(loss)
+            return tf.math.divide_no_nan(tf.reduce_sum(loss), tf.cast(tf.size(loss), loss.dtype))
         weight = tf.cast(tf.reshape(weight, [-1]), loss.dtype)
         return tf.math.divide_no_nan(tf.reduce_sum(loss * weight), tf.reduce_sum(weight))
 

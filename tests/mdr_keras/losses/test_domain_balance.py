@@ -79,6 +79,8 @@ def test_weighted_bce_by_hand():
     np.testing.assert_allclose(weighted_bce(labels[:, None], logits[:, None], weights, from_logits=True),
                                expected, rtol=1e-5)
     np.testing.assert_allclose(weighted_bce(labels, probs), (-math.log(0.8) - math.log(0.6)) / 2, rtol=1e-5)
+    # No rows (a replica's share of a last partial batch): 0, not the NaN of an empty mean.
+    assert float(weighted_bce(np.zeros([0]), np.zeros([0]), from_logits=True)) == 0.0
 
 
 def test_dbo_active_schedule():

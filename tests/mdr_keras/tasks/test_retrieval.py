@@ -65,6 +65,20 @@ def test_sample_weight():
     assert float(loss) == pytest.approx(ce([0, 1], 1), rel=1e-6)
 
 
+@pytest.mark.parametrize("negatives", [0, 3])
+def test_a_batch_without_rows_has_loss_zero(negatives):
+    # A replica's share of a last partial batch, or a batch without positives: TF 2.16's softmax
+    # cross-entropy kills the process on empty logits, so the task must not call it (and not return NaN).
+    inputs = {"query": tf.zeros([0, 2]), "candidate": tf.zeros([0, 2]), "candidate_ids": tf.zeros([0], tf.int64),
+              "domain": tf.zeros([0], tf.int64)}
+    if negatives:
+        inputs.update(negatives=tf.ones([negatives, 2]), negative_domain=tf.zeros([negatives], tf.int64))
+    task = SampledSoftmaxRetrieval()
+    assert float(task(inputs)) == 0.0
+    assert float(tf.function(task)(inputs)) == 0.0
+    assert float(task({**inputs, "sample_weight": tf.zeros([0])})) == 0.0
+
+
 @pytest.mark.parametrize("batch, dim, negatives", [(1, 4, 0), (8, 3, 5), (16, 16, 0)])
 def test_shapes(batch, dim, negatives):
     rng = np.random.default_rng(0)
