@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+# Two test processes, each taking whole files (their module fixtures are built once): the suite's time
+# is mostly TensorFlow and Beam starting up and small trainings, which overlap on 2 cores.
+PYTEST_WORKERS ?= 2
 
 .PHONY: demo test lint venv clean
 
@@ -21,7 +24,7 @@ demo: venv
 
 # The one-way imports first (.importlinter): a wrong import fails in seconds, naming both modules.
 test: lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/lint-imports

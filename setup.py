@@ -34,6 +34,6 @@ setuptools.setup(
                                                "mdr_keras", "mdr_keras.*", "mdr", "mdr.*",
                                                "serving", "serving.*", "benchmarks", "benchmarks.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==8.3.5", "pytest-timeout==2.4.0", "import-linter==2.17"]},
+    extras_require={"test": ["pytest==8.3.5", "pytest-timeout==2.4.0", "pytest-xdist==3.8.0", "import-linter==2.17"]},
     entry_points={"console_scripts": ["mdr = mdr.cli:main"]},
 )
