@@ -35,7 +35,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mdr_contract import artifacts, files
 from mdr_contract import feature_spec as fs
-from pipeline import sources
+from pipeline import loopback, sources
 from pipeline import transforms as T
 from pipeline.tfrecords import WriteTFRecords
 
@@ -294,19 +294,61 @@ def read_metadata(output: str) -> dict:
     return json.loads(files.read_text(os.path.join(output, artifacts.METADATA)))
 
 
+# Runners Beam ships without resolving their plain names (`StandardOptions.ALL_KNOWN_RUNNERS` lacks them).
+SHIPPED_RUNNERS = {"daskrunner": "apache_beam.runners.dask.dask_runner.DaskRunner"}
+# Runners that cannot run this job, and why: refused before any work instead of failing inside it.
+REFUSED_RUNNERS = {
+    "apache_beam.runners.dask.dask_runner.DaskRunner":
+        f"Beam {beam.__version__}'s DaskRunner hands every output of a multi-output step (ParDo.with_outputs, "
+        "Partition) to each consumer and runs only the last branch of a job with several outputs "
+        "(docs/scale-out.md has both reproductions); run the job on the portable runner, Flink, Spark or Dataflow"}
+
+
+def runner_args(args: List[str]) -> List[str]:
+    """`args` with a plain `--runner` name of a runner Beam ships resolved to its module path; ValueError
+    (naming the flag) for a runner that cannot run this job."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--runner" and i + 1 < len(args):
+            continue  # the value follows: handled below as one `--runner=VALUE`
+        if i and args[i - 1] == "--runner":
+            arg = f"--runner={arg}"
+        if arg.startswith("--runner="):
+            name = arg.split("=", 1)[1]
+            path = SHIPPED_RUNNERS.get(name.lower(), SHIPPED_RUNNERS.get(name.lower() + "runner", name))
+            if path in REFUSED_RUNNERS:
+                raise ValueError(f"--runner {name}: {REFUSED_RUNNERS[path]}")
+            _check_runner(name, path)
+            arg = f"--runner={path}"
+        out.append(arg)
+    return out
+
+
+def _check_runner(name: str, path: str) -> None:
+    """ValueError naming the flag when Beam cannot make the runner (unknown name, missing extra)."""
+    from apache_beam.runners.runner import create_runner
+
+    try:
+        create_runner(path)
+    except (ValueError, ImportError) as e:
+        reason = " ".join(str(e).split())
+        raise ValueError(f"--runner {name}: {reason}") from None
+
+
 def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = None) -> dict:
     """Runs the job; returns the metadata dict. Raises ValueError/InputError before any work on bad input."""
+    args = runner_args(list(pipeline_args or []))
     source = sources.make_source(config.source, config.input, config.mapping, config.label_threshold)
     config.validate(source)
     config.time_cutoffs()
     source.check()
     prepare_output(config.output, config.overwrite)
-    args = list(pipeline_args or [])
     if not any(a.startswith("--runner") for a in args):
         args = LOCAL_RUNNER_ARGS + args
     if not any(a.startswith("--direct_num_workers") for a in args):
         args.append(f"--direct_num_workers={os.cpu_count() or 1}")
     options = PipelineOptions(args)
+    loopback.install()
     start = time.time()
     with beam.Pipeline(options=options) as p:
         build_pipeline(p, config, source)
