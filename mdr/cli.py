@@ -91,10 +91,11 @@ def _train(args) -> int:
     summary = training.train(args.data, args.model_dir, config, strategy=strategy, verbose=args.verbose)
     history = summary["history"]
     last = {k: v[-1] for k, v in history.items() if v}
+    written = args.model_dir if summary["wrote_model_dir"] else f"the chief writes {args.model_dir}"
     print(f"trained {summary['model']} ({summary['parameters']:,} parameters) for {summary['epochs_run']} "
-          f"epoch(s) in {summary['train_seconds']:.1f} s on {summary['replicas']} replica(s) -> {args.model_dir}")
+          f"epoch(s) in {summary['train_seconds']:.1f} s on {summary['replicas']} replica(s) -> {written}")
     print("  last epoch: " + "  ".join(f"{k}={v:.4f}" for k, v in sorted(last.items())))
-    if args.evaluate:
+    if args.evaluate and summary["wrote_model_dir"]:
         return _evaluate_and_print(args.model_dir, args.data, training.report_split(args.data), None)
     return 0
 

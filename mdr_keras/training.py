@@ -16,12 +16,18 @@ cluster, else `MirroredStrategy` over all visible GPUs, or over `cpu_replicas` l
 (tests, and machines without GPUs), or the one CPU. `batch_size` is per replica: the global batch is
 `batch_size * replicas`, so each replica sees the batch (and, for retrieval, the number of in-batch
 negatives) of a single-device run and the learning rate needs no rescaling.
+
+With several workers, every worker reads the whole input and keeps its part of each global batch
+(tf.data's DATA sharding), so N workers take the very steps one process with N replicas would take,
+and the chief alone writes the model folder: the others save into a temporary folder they delete.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -157,6 +163,27 @@ def make_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
     return tf.distribute.MirroredStrategy()
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the model folder: always, but in a cluster only the chief (or, in a
+    cluster without one, worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not cluster:
+        return True
+    if "chief" in cluster:
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def _shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    # DATA, not AUTO: AUTO shards by file, so each worker would read other rows than one process would at the
+    # same step (and fail with fewer files than workers); DATA keeps every global batch as a single process
+    # makes it, at the cost of each worker reading the whole input.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
 def build_model(spec: fs.FeatureSpec, config: TrainConfig) -> keras.Model:
     if config.task == RETRIEVAL_TASK:
         return retrieval.build_retrieval_model(spec, config.model, config.model_settings())
@@ -255,10 +282,12 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     keras.utils.set_random_seed(config.seed)
-    tf.io.gfile.makedirs(model_dir)
-    _copy_spec(spec, model_dir)
-    with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_CONFIG), "w") as f:
-        f.write(json.dumps(config.to_json(), indent=2) + "\n")
+    chief = is_chief(strategy)
+    if chief:
+        tf.io.gfile.makedirs(model_dir)
+        _copy_spec(spec, model_dir)
+        with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_CONFIG), "w") as f:
+            f.write(json.dumps(config.to_json(), indent=2) + "\n")
 
     validation = validation_of(data_dir, config.validation_split)
     holdout = validation == data.HOLDOUT
@@ -279,6 +308,9 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
     else:
         train_ds = train_ds.repeat()
         total_steps = steps * config.epochs
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        train_ds = _shard_by_data(train_ds)
+        eval_ds = _shard_by_data(eval_ds) if eval_ds is not None else None
 
     policy = keras.mixed_precision.global_policy()
     if config.mixed_precision:
@@ -318,12 +350,15 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
     model = build_compiled_model(spec, config, strategy, total_steps)
 
     monitor = f"val_recall@{RETRIEVAL_MONITOR_K}" if config.task == RETRIEVAL_TASK else "val_auc"
+    chief = is_chief(strategy)
+    # BackupAndRestore and TensorBoard give other workers temporary folders themselves; CSVLogger would not.
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(model_dir, artifacts.BACKUP_DIR)),
         keras.callbacks.TensorBoard(os.path.join(model_dir, artifacts.LOGS_DIR), update_freq="epoch"),
         _EpochTimer(),
-        keras.callbacks.CSVLogger(os.path.join(model_dir, artifacts.HISTORY), append=True),
     ]
+    if chief:
+        callbacks.append(keras.callbacks.CSVLogger(os.path.join(model_dir, artifacts.HISTORY), append=True))
     if config.task == RETRIEVAL_TASK:
         callbacks.insert(0, retrieval.SelfTrainingSchedule())
         if eval_ds is not None:  # before the logger and early stopping, which read what it adds
@@ -343,13 +378,22 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
     seconds = time.perf_counter() - start
     # Finished: a rerun must train anew, not resume (BackupAndRestore leaves the folder behind on
     # multi-replica strategies).
+    summary = {"model": config.model, "task": config.task, "parameters": params, "replicas": replicas,
+               "global_batch": global_batch, "validation": validation, "epochs_run": len(history.epoch),
+               "train_seconds": round(seconds, 2), "wrote_model_dir": chief,
+               "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
+    if not chief:
+        # Every worker saves (a save may need collective ops), the others into a folder they then delete.
+        scratch = tempfile.mkdtemp(prefix="mdr-worker-")
+        try:
+            model.save_weights(os.path.join(scratch, artifacts.WEIGHTS))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return summary
     backup = os.path.join(model_dir, artifacts.BACKUP_DIR)
     if tf.io.gfile.exists(backup):
         tf.io.gfile.rmtree(backup)
     model.save_weights(os.path.join(model_dir, artifacts.WEIGHTS))
-    summary = {"model": config.model, "task": config.task, "parameters": params, "replicas": replicas,
-               "global_batch": global_batch, "validation": validation, "epochs_run": len(history.epoch), "train_seconds": round(seconds, 2),
-               "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
     with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_SUMMARY), "w") as f:
         f.write(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -182,3 +182,30 @@ def test_stock_serving_config_leaves_out_scann(tmp_path):
     docker = {m.name: m.base_path for m in cfg.read_models_config(paths["models_docker_config"])}
     assert docker == {m: f"/models/{m}" for m in ("user_tower", "item_tower", "ranker", "retrieval")}
     assert "retrieval_scann" in {m.name for m in cfg.read_models_config(paths["models_config"])}
+
+
+def test_k8s_workers_build_their_tf_config_from_their_index():
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
+    import subprocess
+    import sys
+
+    service, job = yaml.safe_load_all(open(os.path.join(DOCKER, "k8s-train-workers.yaml"), encoding="utf-8"))
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    workers = int(env["WORKERS"])
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == workers
+    assert pod["subdomain"] == service["metadata"]["name"] == job["metadata"]["name"]
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["selector"] == {"job-name": "mdr-train"}
+    port = service["spec"]["ports"][0]["port"]
+    assert container["ports"][0]["containerPort"] == port
+    # The pod's command, as /bin/sh gets it, up to `exec mdr train`; its TF_CONFIG for worker 1.
+    script = container["args"][0].split("&& exec ")[0] + "&& printf %s \"$TF_CONFIG\""
+    done = subprocess.run(["/bin/sh", "-c", script.replace("python -c", f"{sys.executable} -c")],
+                          env={"WORKERS": str(workers), "JOB_COMPLETION_INDEX": "1", "PATH": os.environ["PATH"]},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "cluster": {"worker": [f"mdr-train-{i}.mdr-train:{port}" for i in range(workers)]},
+        "task": {"type": "worker", "index": 1}}
+    assert "exec mdr train" in container["args"][0] and "--model-dir" in container["args"][0]
