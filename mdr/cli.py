@@ -207,7 +207,7 @@ def _demo(args, beam_args) -> int:
     from mdr import demo
 
     return demo.run(demo.DemoConfig(
-        output=args.output, source=args.source, input=args.input, seed=args.seed,
+        output=args.output, source=args.source, input=args.input, mapping=args.mapping, seed=args.seed,
         retrieval_epochs=args.retrieval_epochs, ranker_epochs=args.ranker_epochs, host=args.host, port=args.port,
         keep_serving=args.keep_serving, stop_after_preprocess=args.stop_after_preprocess), beam_args)
 
@@ -355,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--output", default="runs/demo", help="folder for every artifact of the run")
     d.add_argument("--source", default="synthetic", choices=sources.SOURCES, help="input format of --input")
     d.add_argument("--input", help="input of a real-data source (or an existing synthetic folder)")
+    d.add_argument("--mapping", help="--source csv: the column mapping, a JSON file or inline JSON")
     d.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
     d.add_argument("--retrieval-epochs", type=int, default=3, help="epochs of ADI")
     d.add_argument("--ranker-epochs", type=int, default=1, help="epochs of the ranker")

@@ -33,6 +33,7 @@ class DemoConfig:
         output: the run folder.
         source: a `pipeline.sources.SOURCES` name.
         input: the input of a real-data source, or an existing synthetic folder (None: generate one).
+        mapping: the csv source's column mapping (a JSON file or inline JSON; README "Your own logs").
         seed: seed of the synthetic data and of training.
         retrieval_epochs, ranker_epochs: epochs of ADI and of the ranker.
         host, port: where the model server binds (port 0: any free port).
@@ -43,6 +44,7 @@ class DemoConfig:
     output: str = os.path.join("runs", "demo")
     source: str = "synthetic"
     input: Optional[str] = None
+    mapping: Optional[str] = None
     seed: int = 0
     retrieval_epochs: int = 3
     ranker_epochs: int = 1
@@ -102,7 +104,7 @@ def run(config: DemoConfig, beam_args: Optional[List[str]] = None) -> int:
         raw_dir = config.input
     _stage(2, f"Beam preprocessing ({config.source}) -> {data_dir}")
     job = preprocess.PreprocessConfig(
-        source=config.source, input=raw_dir, output=data_dir, overwrite=True,
+        source=config.source, input=raw_dir, output=data_dir, overwrite=True, mapping=config.mapping,
         split="random" if config.source == "movielens-1m" else "time",
         max_domains=preprocess.TAOBAO_DEFAULT_DOMAINS if config.source == "taobao" else None)
     metadata = preprocess.preprocess(job, beam_args)

@@ -23,6 +23,18 @@ def test_generate_then_preprocess_in_process(tmp_path, capsys):
     assert meta["rows_read"] == meta["rows_written"] > 0
 
 
+def test_demo_takes_a_csv_with_its_mapping(tmp_path, capsys):
+    testdata = os.path.join(os.path.dirname(os.path.dirname(__file__)), "testdata")
+    args = ["demo", "--source", "csv", "--input", os.path.join(testdata, "events.csv"), "--output", str(tmp_path),
+            "--stop-after-preprocess"]
+    assert cli.main(args) == 1  # the csv source needs its mapping: refused in one line, before any work
+    assert "--mapping" in capsys.readouterr().err
+    assert cli.main(args + ["--mapping", os.path.join(testdata, "mapping.json")] + helpers.FAST_BEAM_ARGS) == 0
+    assert "sample train record:" in capsys.readouterr().out
+    meta = json.load(open(os.path.join(tmp_path, "data", "metadata.json")))
+    assert meta["rows_read"] == meta["rows_written"] + meta["rows_rejected"] > 0
+
+
 def test_input_errors_exit_1_with_a_message(tmp_path, capsys):
     code = cli.main(["preprocess", "--source", "taobao", "--input", str(tmp_path / "missing.csv"),
                      "--output", str(tmp_path / "o")])
