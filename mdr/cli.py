@@ -255,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="mdr", description="mdr: multi-domain recommendation, from raw logs "
                                      "to gRPC answers.")
+    parser.add_argument("--debug", action="store_true",
+                        help="tracebacks with errors, and TensorFlow's start-up lines (mdr --debug COMMAND ...)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     g = sub.add_parser("generate", formatter_class=_Help, help="write synthetic multi-domain logs with a planted structure")
@@ -374,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that load TensorFlow (the others: generate, preprocess, report without models, never do).
+_TENSORFLOW_COMMANDS = ("train", "evaluate", "export", "serve", "query", "recommend", "demo")
+
+
 def main(argv=None) -> int:
     # A crash inside TensorFlow's native code (SIGSEGV, SIGABRT) then leaves the Python stack of every thread
     # on stderr, instead of a bare exit status -11.
@@ -390,6 +396,15 @@ def main(argv=None) -> int:
     if args.command == "query" and args.what == "scores" and not args.items:  # before TensorFlow loads
         print("mdr query: error: scores needs --items ITEM [ITEM ...]", file=sys.stderr)
         return 2
+    if args.command == "evaluate":
+        misuse = _split_misuse(args.data, args.split)
+        if misuse:
+            print(f"mdr evaluate: error: {misuse}", file=sys.stderr)
+            return 2
+    if args.command in _TENSORFLOW_COMMANDS and not args.debug:
+        from mdr import quiet
+
+        quiet.import_tensorflow()
     from pipeline.sources import InputError
 
     user_errors = (InputError, ValueError, FileNotFoundError)  # an unusable input: exit 1 with its message
@@ -416,14 +431,12 @@ def main(argv=None) -> int:
             return _train(args)
         if args.command == "evaluate":
             args.k = args.k or [10, 50]
-            misuse = _split_misuse(args.data, args.split)
-            if misuse:
-                print(f"mdr evaluate: error: {misuse}", file=sys.stderr)
-                return 2
             return _evaluate(args)
         if args.command == "report":
             return _report(args)
     except user_errors as e:
+        if args.debug:
+            raise
         print(f"mdr {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 2
