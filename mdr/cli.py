@@ -168,6 +168,21 @@ def _serve(args) -> int:
     return 0
 
 
+def _port_in_use(host: str, port: int):
+    """The one-line complaint when `host:port` cannot be listened on (None when it can, or port is 0)."""
+    import socket
+
+    if not port:
+        return None
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            return f"--port {port}: cannot listen on {host}:{port} ({e.strerror}); pick another or --port 0"
+    return None
+
+
 def _client_and_store(args):
     from serving import client
     from serving.feature_store import FeatureStore
@@ -401,6 +416,11 @@ def main(argv=None) -> int:
         if misuse:
             print(f"mdr evaluate: error: {misuse}", file=sys.stderr)
             return 2
+    if args.command in ("serve", "demo"):  # minutes of loading or training must not end at a busy port
+        busy = _port_in_use(args.host, args.port)
+        if busy:
+            print(f"mdr {args.command}: error: {busy}", file=sys.stderr)
+            return 1
     if args.command in _TENSORFLOW_COMMANDS and not args.debug:
         from mdr import quiet
 

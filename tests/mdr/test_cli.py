@@ -35,6 +35,24 @@ def test_demo_takes_a_csv_with_its_mapping(tmp_path, capsys):
     assert meta["rows_read"] == meta["rows_written"] + meta["rows_rejected"] > 0
 
 
+@pytest.mark.parametrize("command", [["serve", "--model-config-file", "none/models.config"],
+                                     ["demo", "--output", "unused"]])
+def test_a_busy_port_is_refused_before_anything_loads(command, capsys):
+    import socket
+    import time
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        start = time.monotonic()
+        assert cli.main(command + ["--port", str(port)]) == 1
+        assert time.monotonic() - start < 5  # not after loading models, or training them (the demo)
+    err = capsys.readouterr().err
+    assert err.startswith(f"mdr {command[0]}: error: --port {port}: cannot listen on 127.0.0.1:{port}"), err
+    assert err.count("\n") == 1
+
+
 def test_input_errors_exit_1_with_a_message(tmp_path, capsys):
     code = cli.main(["preprocess", "--source", "taobao", "--input", str(tmp_path / "missing.csv"),
                      "--output", str(tmp_path / "o")])
