@@ -18,9 +18,12 @@ Each path gets `--warmup` untimed calls first. Prints p50 / p99 per call and the
 in-process: the cost of going through the server.
 
 Load mode: `--threads` clients (one channel each) send `--load-requests` requests each, alternating
-candidates and scores; prints the throughput, p50 / p99 per kind and the failed requests.
+candidates and scores; prints the throughput, p50 / p99 per kind and the failed requests, for a server
+without and with batching (`--batching both`, the default: `enable_batching` with the export's
+`batching.config`), and the ratio of their throughputs. `--json FILE` writes every figure.
 """
 import argparse
+import json
 import os
 import sys
 import threading
@@ -181,6 +184,20 @@ def format_latency(rows):
     return "\n".join(lines)
 
 
+def format_load(by_mode):
+    """A markdown table of `load` figures per server mode, with throughput relative to the first mode."""
+    lines = ["| server | requests/s | vs first | model runs | candidates p50 / p99 ms | scores p50 / p99 ms | "
+             "failed |", "|---|---|---|---|---|---|---|"]
+    base = None
+    for mode, f in by_mode.items():
+        rate = f["requests"] / f["seconds"]
+        base = base or rate
+        (c50, c99), (s50, s99) = f["candidates"], f["scores"]
+        lines.append(f"| {mode} | {rate:.1f} | {rate / base:.2f}x | {f['model_runs']} | {c50:.2f} / {c99:.2f} | "
+                     f"{s50:.2f} / {s99:.2f} | {f['failed']} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export-dir", help="an `mdr export` folder (default: runs/demo/export)")
@@ -196,6 +213,11 @@ def main(argv=None):
     parser.add_argument("--retrieval-models", default="retrieval,retrieval_scann",
                         help="comma-separated retrieval models to time (the first one is used in load mode)")
     parser.add_argument("--ranker-model", default="ranker")
+    parser.add_argument("--batching", default="both", choices=("off", "on", "both"),
+                        help="load mode: the server without, with, or without and then with batching")
+    parser.add_argument("--batching-parameters-file", help="batching parameters (default: the export's batching.config)")
+    parser.add_argument("--json", help="write the figures to this JSON file")
+    parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
     args.retrieval_models = [m for m in args.retrieval_models.split(",") if m]
 
@@ -211,22 +233,49 @@ def main(argv=None):
     from serving.server import ModelServer
 
     store = FeatureStore.load(store_path)
-    with ModelServer(os.path.join(export_dir, artifacts.MODELS_CONFIG), port=0, max_workers=max(8, args.threads),
-                     poll_interval=0) as server, sc.Client(server.address, timeout=30.0) as client:
-        print(f"serving {', '.join(server.model_names)} of {export_dir} on {server.address}; "
-              f"store {store_path}; {os.cpu_count()} CPU(s)", flush=True)
-        if args.mode in ("both", "latency"):
+    config = os.path.join(export_dir, artifacts.MODELS_CONFIG)
+    batching_file = args.batching_parameters_file or os.path.join(export_dir, artifacts.BATCHING_CONFIG)
+
+    def server_for(enable):
+        return ModelServer(config, port=0, max_workers=max(8, args.threads), poll_interval=0, enable_batching=enable,
+                           batching_parameters_file=batching_file if enable and os.path.exists(batching_file) else None)
+
+    results = {"export_dir": export_dir, "cpus": os.cpu_count(), "args": vars(args)}
+    if args.mode in ("both", "latency"):
+        with server_for(args.batching == "on") as server, sc.Client(server.address, timeout=30.0) as client:
+            print(f"serving {', '.join(server.model_names)} of {export_dir} on {server.address}; "
+                  f"store {store_path}; {os.cpu_count()} CPU(s)", flush=True)
             rows = latency(server, client, store, export_dir, args)
-            print(f"\nlatency over {args.requests} sequential calls each (after {args.warmup} warm-up calls); "
-                  "ratio = gRPC / in-process")
-            print(format_latency(rows))
-        if args.mode in ("both", "load"):
-            figures = load(server, store, args)
-            (c50, c99), (s50, s99) = figures["candidates"], figures["scores"]
-            print(f"\nload: {args.threads} threads x {args.load_requests} requests (candidates K={args.k} / scores "
-                  f"of {args.items} items, alternating): {figures['requests']} requests in {figures['seconds']:.2f} s"
-                  f" = {figures['requests'] / figures['seconds']:.1f} requests/s, {figures['failed']} failed")
-            print(f"  candidates p50 {c50:.2f} ms  p99 {c99:.2f} ms;  scores p50 {s50:.2f} ms  p99 {s99:.2f} ms")
+        print(f"\nlatency over {args.requests} sequential calls each (after {args.warmup} warm-up calls); "
+              "ratio = gRPC / in-process")
+        print(format_latency(rows))
+        results["latency"] = [dict(zip(("call", "model", "local_p50_ms", "local_p99_ms", "grpc_p50_ms",
+                                        "grpc_p99_ms"), row)) for row in rows]
+    if args.mode in ("both", "load"):
+        results["load"] = {}
+        for enable in {"off": [False], "on": [True], "both": [False, True]}[args.batching]:
+            with server_for(enable) as server:
+                figures = load(server, store, args)
+                figures["model_runs"] = server.stats().get("model_runs", 0)
+            results["load"]["batching" if enable else "no batching"] = figures
+        print(f"\nload: {args.threads} threads x {args.load_requests} requests (candidates K={args.k} / scores "
+              f"of {args.items} items, alternating)")
+        print(format_load(results["load"]))
+    if args.results:
+        from benchmarks import results as saved
+
+        tables = []
+        if "load" in results:
+            tables.append(f"Load: {args.threads} clients x {args.load_requests} requests, candidates K={args.k} and "
+                          f"scores of {args.items} items alternating, {os.cpu_count()} CPU(s), clients in the "
+                          f"server's process.\n\n" + format_load(results["load"]))
+        if "latency" in results:
+            tables.append(format_latency(rows))
+        print(f"wrote {saved.save(args.results, chr(10).join(tables), results, 'benchmarks.serving_latency', argv if argv is not None else sys.argv[1:])}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -163,8 +163,16 @@ def _serve(args) -> int:
         print(f"serving {', '.join(s.model_names)} on {s.address} (TF Serving gRPC API); Ctrl-C to stop",
               flush=True)
 
+    from mdr_contract import artifacts
+
+    parameters = args.batching_parameters_file
+    beside = os.path.join(os.path.dirname(os.path.abspath(args.model_config_file)), artifacts.BATCHING_CONFIG)
+    if args.enable_batching and parameters is None and os.path.exists(beside):
+        parameters = beside
     server.serve(args.model_config_file, port=args.port, host=args.host, poll_interval=args.poll_seconds,
-                 max_workers=args.max_workers, max_batch_size=args.max_batch_size, on_ready=ready)
+                 max_workers=args.max_workers, max_batch_size=args.max_batch_size, on_ready=ready,
+                 batching_parameters_file=parameters if args.enable_batching else None,
+                 enable_batching=args.enable_batching)
     return 0
 
 
@@ -354,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-batch-size", type=int, default=4096,
                    help="largest batch a request may carry (bounded by default: a request's declared size is "
                    "refused before it is decoded)")
+    v.add_argument("--enable-batching", action="store_true",
+                   help="merge concurrent requests into one model call (TF Serving's --enable_batching)")
+    v.add_argument("--batching-parameters-file",
+                   help="with --enable-batching: TF Serving batching parameters (default: the export's batching.config)")
 
     q = sub.add_parser("query", formatter_class=_Help, help="ask a model server for candidates (retrieval) or scores (ranker)")
     q.add_argument("what", choices=("candidates", "scores"),

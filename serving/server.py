@@ -27,8 +27,11 @@ so the stock `PredictionServiceStub` / `ModelServiceStub` and any TF Serving cli
   get RESOURCE_EXHAUSTED), bounded send/receive message sizes, and 127.0.0.1 unless told otherwise
   (port 0 picks a free port, exposed as `server.port`).
 
-The embedded server does not batch requests together: each request runs as its own batch. From the
-batching parameters file it takes `max_batch_size` only, as the largest batch one request may carry.
+Batching: with `enable_batching` (TF Serving's `--enable_batching`), concurrent requests to one version
+and signature are merged into one model call following the batching parameters file (`max_batch_size`,
+`batch_timeout_micros`, `max_enqueued_batches`, `num_batch_threads`, `allowed_batch_sizes`; see
+`serving.batching`); without it each request runs as its own batch. Either way `max_batch_size` is the
+largest batch one request may carry.
 
 For checks that need code, `validators={"model name": fn}` installs a Python callable
 `fn(signature_name, inputs)` (inputs: name -> numpy array) that raises `ValueError(message)` to reject
@@ -42,6 +45,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import grpc
@@ -52,6 +56,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 
 from mdr_contract import artifacts
 from serving import config as cfg
+from serving.batching import BatchScheduler, batchable
 from serving.request_checks import RequestError, check_inputs, describe_signature
 from serving.servables import MAX_ERROR_CHARS, Servable, ServedModel
 
@@ -82,7 +87,9 @@ class ModelServer:
         poll_interval: seconds between polls of the base paths for new versions (0: no polling).
         max_batch_size: the largest batch a request may carry (None: no limit).
         batching_parameters_file: a TF Serving batching parameters file; its `max_batch_size` is used
-            when `max_batch_size` is None.
+            when `max_batch_size` is None, and all of it with `enable_batching`.
+        enable_batching: merge concurrent requests into batches (TF Serving's defaults for what the
+            batching parameters file leaves out, or for all of it without one).
         validators: model name -> `fn(signature_name, inputs)` raising ValueError to reject a request.
     """
 
@@ -92,7 +99,7 @@ class ModelServer:
                  max_send_message_bytes: int = DEFAULT_MESSAGE_BYTES,
                  max_receive_message_bytes: int = DEFAULT_MESSAGE_BYTES,
                  poll_interval: float = cfg.DEFAULT_POLL_SECONDS, max_batch_size: Optional[int] = None,
-                 batching_parameters_file: Optional[str] = None,
+                 batching_parameters_file: Optional[str] = None, enable_batching: bool = False,
                  validators: Optional[Mapping[str, Validator]] = None):
         if (model_config_file is None) == (models is None):
             raise ValueError("Exactly one of `model_config_file` and `models` must be given. "
@@ -110,8 +117,9 @@ class ModelServer:
                 raise ValueError(f"`{arg}` must be an integer >= 1. Received: {arg}={value!r}")
         if poll_interval < 0:
             raise ValueError(f"`poll_interval` must be >= 0. Received: poll_interval={poll_interval!r}")
-        if max_batch_size is None and batching_parameters_file is not None:
-            max_batch_size = cfg.read_batching_config(batching_parameters_file).max_batch_size
+        batching = cfg.read_batching_config(batching_parameters_file) if batching_parameters_file else None
+        if max_batch_size is None and batching is not None:
+            max_batch_size = batching.max_batch_size
         if max_batch_size is not None and (not isinstance(max_batch_size, int) or max_batch_size < 1):
             raise ValueError("`max_batch_size` must be an integer >= 1 or None. "
                              f"Received: max_batch_size={max_batch_size!r}")
@@ -141,6 +149,7 @@ class ModelServer:
         self._max_receive = max_receive_message_bytes
         self._poll_interval = poll_interval
         self._max_batch_size = max_batch_size
+        self._batcher = (BatchScheduler.from_config(batching or cfg.BatchingConfig()) if enable_batching else None)
         self._validators = dict(validators or {})
         self._port: Optional[int] = None
         self._grpc_server = None
@@ -198,6 +207,8 @@ class ModelServer:
         if self._grpc_server is not None:
             self._grpc_server.stop(grace).wait()
             self._grpc_server = None
+        if self._batcher is not None:
+            self._batcher.stop()
 
     def wait_for_termination(self, timeout: Optional[float] = None) -> bool:
         """Blocks until the server stops or `timeout` passes; True when it stopped."""
@@ -346,23 +357,32 @@ class ModelServer:
             except ValueError as e:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
         _check_deadline(context, "before the model ran")
-        tensors = {k: tf.convert_to_tensor(a, dtype=signature.inputs[k].dtype) for k, a in arrays.items()}
-        self._count("model_runs")
-        try:
-            outputs = signature.function(**tensors)
-        except tf.errors.OpError as e:
-            code = _GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL)
-            if code == grpc.StatusCode.OK:
-                code = grpc.StatusCode.INTERNAL
-            raise RequestError(code, f"{where} failed: {_tf_message(e.message)}") from e
-        except (TypeError, ValueError) as e:  # raised while tracing/converting arguments
-            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} failed: {e}") from e
+
+        def run(inputs):
+            tensors = {k: tf.convert_to_tensor(a, dtype=signature.inputs[k].dtype) for k, a in inputs.items()}
+            self._count("model_runs")
+            try:
+                return {name: value.numpy() for name, value in signature.function(**tensors).items()}
+            except tf.errors.OpError as e:
+                code = _GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL)
+                if code == grpc.StatusCode.OK:
+                    code = grpc.StatusCode.INTERNAL
+                raise RequestError(code, f"{where} failed: {_tf_message(e.message)}") from e
+            except (TypeError, ValueError) as e:  # raised while tracing/converting arguments
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"{where} failed: {e}") from e
+
+        if self._batcher is not None and batchable(signature.inputs, signature.outputs):
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            outputs = self._batcher.run((servable.name, servable.version, key), run, arrays, deadline, where)
+        else:
+            outputs = run(arrays)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = key
         for name in wanted:
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name].numpy()))
+            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
         return response
 
     def _get_model_metadata(self, request, context):
@@ -466,7 +486,7 @@ class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 def serve(model_config_file: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
           poll_interval: float = cfg.DEFAULT_POLL_SECONDS, max_workers: int = 8,
           maximum_concurrent_rpcs: Optional[int] = None, max_batch_size: Optional[int] = None,
-          batching_parameters_file: Optional[str] = None,
+          batching_parameters_file: Optional[str] = None, enable_batching: bool = False,
           max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
           on_ready: Optional[Callable[[ModelServer], None]] = None, grace: float = 5.0) -> None:
     """Serves `model_config_file` until interrupted (Ctrl-C or SIGTERM); what `mdr serve` runs.
@@ -476,8 +496,8 @@ def serve(model_config_file: str, port: int = DEFAULT_PORT, host: str = "127.0.0
         port: gRPC port (0: a free one; `on_ready` receives the server to read it).
         host: address to bind.
         poll_interval: seconds between polls for new versions.
-        max_workers, maximum_concurrent_rpcs, max_batch_size, batching_parameters_file: see
-            `ModelServer`.
+        max_workers, maximum_concurrent_rpcs, max_batch_size, batching_parameters_file, enable_batching:
+            see `ModelServer`.
         max_message_bytes: largest request and response.
         on_ready: called with the started server (e.g. to print its address).
         grace: seconds RPCs in progress get to finish on shutdown.
@@ -485,7 +505,8 @@ def serve(model_config_file: str, port: int = DEFAULT_PORT, host: str = "127.0.0
     server = ModelServer(model_config_file, host=host, port=port, max_workers=max_workers,
                          maximum_concurrent_rpcs=maximum_concurrent_rpcs, max_send_message_bytes=max_message_bytes,
                          max_receive_message_bytes=max_message_bytes, poll_interval=poll_interval,
-                         max_batch_size=max_batch_size, batching_parameters_file=batching_parameters_file)
+                         max_batch_size=max_batch_size, batching_parameters_file=batching_parameters_file,
+                         enable_batching=enable_batching)
     stop = threading.Event()
     previous = None
     if threading.current_thread() is threading.main_thread():
