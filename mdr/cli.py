@@ -423,6 +423,10 @@ def main(argv=None) -> int:
     if args.command == "query" and args.what == "scores" and not args.items:  # before TensorFlow loads
         print("mdr query: error: scores needs --items ITEM [ITEM ...]", file=sys.stderr)
         return 2
+    if args.command in ("preprocess", "demo") and args.source == "csv" and not args.mapping:  # before any work
+        print(f"mdr {args.command}: error: --source csv needs --mapping (a JSON file or inline JSON column mapping)",
+              file=sys.stderr)
+        return 2
     if args.command == "evaluate":
         misuse = _split_misuse(args.data, args.split)
         if misuse:

@@ -27,7 +27,7 @@ def test_demo_takes_a_csv_with_its_mapping(tmp_path, capsys):
     testdata = os.path.join(os.path.dirname(os.path.dirname(__file__)), "testdata")
     args = ["demo", "--source", "csv", "--input", os.path.join(testdata, "events.csv"), "--output", str(tmp_path),
             "--stop-after-preprocess"]
-    assert cli.main(args) == 1  # the csv source needs its mapping: refused in one line, before any work
+    assert cli.main(args) == 2  # the csv source needs its mapping: refused in one line, before any work
     assert "--mapping" in capsys.readouterr().err
     assert cli.main(args + ["--mapping", os.path.join(testdata, "mapping.json")] + helpers.FAST_BEAM_ARGS) == 0
     assert "sample train record:" in capsys.readouterr().out
