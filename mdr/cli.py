@@ -45,9 +45,30 @@ def _generate(args) -> int:
 
 
 def _preprocess(args, beam_args) -> int:
+    from mdr import quiet
     from pipeline import preprocess
+    from pipeline.sources import InputError
 
-    metadata = preprocess.preprocess(preprocess.config_from_args(args), beam_args)
+    config = preprocess.config_from_args(args)
+    if args.debug:
+        metadata = preprocess.preprocess(config, beam_args)
+    else:
+        # Beam's workers print each failure's traceback to stderr themselves: kept in a file, so an unusable
+        # input reads as one line; anything else is replayed whole.
+        log = None
+        try:
+            with quiet.stderr_to_file("mdr-preprocess-") as log:
+                metadata = preprocess.preprocess(config, beam_args)
+        except InputError as e:
+            if os.path.getsize(log):
+                raise InputError(f"{e} (the workers' log: {log})") from None
+            os.remove(log)
+            raise
+        except BaseException:
+            if log is not None:
+                quiet.replay(log)
+            raise
+        quiet.replay(log)
     print(f"preprocessed {args.input} -> {args.output}")
     print(preprocess.summary(metadata))
     return 0
@@ -418,6 +439,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning, module="google")
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    if not args.debug:  # a failed job's worker tracebacks, relayed at ERROR; the job's error says it in one line
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     if beam_args and args.command not in ("preprocess", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "query" and args.what == "scores" and not args.items:  # before TensorFlow loads

@@ -37,6 +37,33 @@ def filtered_stderr(noise: re.Pattern = NOISE):
                 os.write(2, b"".join(kept))
 
 
+@contextlib.contextmanager
+def stderr_to_file(prefix: str = "mdr-"):
+    """While open, file descriptor 2 (this process's and its children's, e.g. Beam's workers, which print
+    their tracebacks there themselves) goes to a temporary file, whose path it yields; the file is kept."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def replay(path: str, noise: re.Pattern = NOISE) -> None:
+    """Writes the lines of `path` not matching `noise` to stderr, then deletes the file."""
+    with open(path, "rb") as f:
+        kept = [line for line in f.read().splitlines(keepends=True) if not noise.search(line)]
+    if kept:
+        sys.stderr.flush()
+        os.write(2, b"".join(kept))
+    os.remove(path)
+
+
 def import_tensorflow() -> None:
     """Imports TensorFlow (once) without its start-up noise."""
     if "tensorflow" in sys.modules:

@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import logging
 import os
+import re
+import shutil
 import time
 from typing import List, Optional, Sequence
 
@@ -40,7 +43,7 @@ from pipeline import transforms as T
 from pipeline.tfrecords import WriteTFRecords
 
 LOCAL_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
-                     "--default_sdk_harness_log_level=ERROR"]
+                     "--default_sdk_harness_log_level=CRITICAL"]
 
 
 @dataclasses.dataclass
@@ -324,6 +327,37 @@ def runner_args(args: List[str]) -> List[str]:
     return out
 
 
+# How an InputError raised on a worker reads once the runner has turned it into text.
+_WORKER_INPUT_ERROR = re.compile(r"InputError: (.+?)(?: \[while running [^\]]*\])*$", re.M)
+
+
+def input_error_message(error: BaseException) -> Optional[str]:
+    """The message of the InputError a failed job's exception is, or carries as a worker's text; None if none."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, sources.InputError):
+            return _WORKER_INPUT_ERROR.sub(r"\1", f"InputError: {seen}").strip()
+        seen = seen.__cause__ or seen.__context__
+    found = _WORKER_INPUT_ERROR.findall(str(error))
+    return found[-1].strip() if found else None
+
+
+def remove_temporary_folders(output: str) -> None:
+    """Deletes the `beam-temp-*` folders a failed job's file sinks leave under `output`."""
+    if "://" not in output:  # local: the folders may be empty, which a file match would not see
+        for path in glob.glob(os.path.join(output, "**", "beam-temp-*"), recursive=True):
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        temps = [m.path for m in FileSystems.match([os.path.join(output, "**", "beam-temp-*")])[0].metadata_list]
+    except Exception:  # noqa: BLE001 (nothing matched, or the filesystem is gone: nothing to clean)
+        return
+    folders = sorted({path[:path.index("beam-temp-")] + path[path.index("beam-temp-"):].split("/")[0] + "/"
+                      for path in temps})
+    if folders:
+        FileSystems.delete(folders)
+
+
 def _check_runner(name: str, path: str) -> None:
     """ValueError naming the flag when Beam cannot make the runner (unknown name, missing extra)."""
     from apache_beam.runners.runner import create_runner
@@ -350,8 +384,15 @@ def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = No
     options = PipelineOptions(args)
     loopback.install()
     start = time.time()
-    with beam.Pipeline(options=options) as p:
-        build_pipeline(p, config, source)
+    try:
+        with beam.Pipeline(options=options) as p:
+            build_pipeline(p, config, source)
+    except Exception as e:
+        remove_temporary_folders(config.output)
+        message = input_error_message(e)
+        if message is not None:  # an unusable input found by a worker: its one line, not the runner's traceback
+            raise sources.InputError(message) from None
+        raise
     metadata = json.loads(files.read_text(os.path.join(config.output, artifacts.METADATA)))
     metadata["wall_seconds"] = round(time.time() - start, 2)
     metadata["rows_per_second"] = round(metadata["rows_read"] / max(metadata["wall_seconds"], 1e-9), 1)

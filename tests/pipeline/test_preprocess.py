@@ -1,6 +1,9 @@
 """End-to-end runs of the preprocessing job, read back with tf.data."""
+import glob
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -136,9 +139,20 @@ def test_gzip_input_and_truncated_gzip(tmp_path):
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
     (bad_dir / "events.csv.gz").write_bytes(gzip.compress(data * 50)[:400])
-    with pytest.raises(Exception, match="truncated or corrupt"):
+    with pytest.raises(InputError, match=r"^[^\n]*truncated or corrupt file after line \d+[^\n]*$"):
         helpers.run_job("csv", str(bad_dir), str(tmp_path / "out2"), mapping=helpers.SAMPLE_MAPPING)
     assert not preprocess.is_complete(str(tmp_path / "out2"))
+    assert not glob.glob(str(tmp_path / "out2" / "**" / "beam-temp-*"), recursive=True)  # no leftovers
+    # The command: one line on stderr (the workers print their tracebacks to a log file it names).
+    done = subprocess.run([sys.executable, "-m", "mdr.cli", "preprocess", "--source", "csv", "--input", str(bad_dir),
+                           "--mapping", helpers.SAMPLE_MAPPING, "--output", str(tmp_path / "out3")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "truncated or corrupt file after line" in lines[0], done.stderr[-3000:]
+    log = lines[0].rsplit("(the workers' log: ", 1)[1].rstrip(")")
+    assert "Traceback" in open(log).read()
+    os.remove(log)
 
 
 @pytest.mark.parametrize("overrides, message", [
