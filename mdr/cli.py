@@ -435,12 +435,12 @@ def main(argv=None) -> int:
         faulthandler.enable()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(logging.WARNING)
-    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # local-runner worker chatter
     warnings.filterwarnings("ignore", category=FutureWarning, module="google")
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    if not args.debug:  # a failed job's worker tracebacks, relayed at ERROR; the job's error says it in one line
-        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    # Local-runner worker chatter, and a failed job's worker tracebacks relayed at ERROR: the job's error says
+    # it in one line (mdr --debug shows Beam's errors).
+    logging.getLogger("apache_beam").setLevel(logging.ERROR if args.debug else logging.CRITICAL)
     if beam_args and args.command not in ("preprocess", "demo"):
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "query" and args.what == "scores" and not args.items:  # before TensorFlow loads

@@ -18,26 +18,6 @@ NOISE = re.compile(rb"Unable to register cu(FFT|DNN|BLAS) factory|TF-TRT Warning
 
 
 @contextlib.contextmanager
-def filtered_stderr(noise: re.Pattern = NOISE):
-    """While open, lines written to file descriptor 2 matching `noise` are dropped; the rest are written
-    back, in order, when it closes."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            kept = [line for line in capture.read().splitlines(keepends=True) if not noise.search(line)]
-            if kept:
-                os.write(2, b"".join(kept))
-
-
-@contextlib.contextmanager
 def stderr_to_file(prefix: str = "mdr-"):
     """While open, file descriptor 2 (this process's and its children's, e.g. Beam's workers, which print
     their tracebacks there themselves) goes to a temporary file, whose path it yields; the file is kept."""
@@ -62,6 +42,17 @@ def replay(path: str, noise: re.Pattern = NOISE) -> None:
         sys.stderr.flush()
         os.write(2, b"".join(kept))
     os.remove(path)
+
+
+@contextlib.contextmanager
+def filtered_stderr(noise: re.Pattern = NOISE):
+    """While open, lines written to file descriptor 2 matching `noise` are dropped; the rest are written
+    back, in order, when it closes."""
+    try:
+        with stderr_to_file() as path:
+            yield
+    finally:
+        replay(path, noise)  # after the file has handed fd 2 back
 
 
 def import_tensorflow() -> None:

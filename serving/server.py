@@ -358,11 +358,12 @@ class ModelServer:
                 raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
         _check_deadline(context, "before the model ran")
 
-        def run(inputs):
+        def run(inputs, names=tuple(signature.outputs)):  # a merged batch needs every output, one request `wanted`
             tensors = {k: tf.convert_to_tensor(a, dtype=signature.inputs[k].dtype) for k, a in inputs.items()}
             self._count("model_runs")
             try:
-                return {name: value.numpy() for name, value in signature.function(**tensors).items()}
+                outputs = signature.function(**tensors)
+                return {name: outputs[name].numpy() for name in names}
             except tf.errors.OpError as e:
                 code = _GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL)
                 if code == grpc.StatusCode.OK:
@@ -376,7 +377,7 @@ class ModelServer:
             deadline = None if remaining is None else time.monotonic() + remaining
             outputs = self._batcher.run((servable.name, servable.version, key), run, arrays, deadline, where)
         else:
-            outputs = run(arrays)
+            outputs = run(arrays, wanted)
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
