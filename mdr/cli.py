@@ -109,7 +109,8 @@ def _train(args) -> int:
 
     config = _train_config(args)  # every config error surfaces before TensorFlow starts
     strategy = training.make_strategy(cpu_replicas=args.cpu_replicas)
-    summary = training.train(args.data, args.model_dir, config, strategy=strategy, verbose=args.verbose)
+    verbose = args.verbose if args.verbose is not None else (1 if sys.stdout.isatty() else 2)
+    summary = training.train(args.data, args.model_dir, config, strategy=strategy, verbose=verbose)
     history = summary["history"]
     last = {k: v[-1] for k, v in history.items() if v}
     written = args.model_dir if summary["wrote_model_dir"] else f"the chief writes {args.model_dir}"
@@ -350,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cpu-replicas", type=int, default=0,
                    help="without GPUs, mirror over this many logical CPU devices (tests the multi-replica path)")
     t.add_argument("--evaluate", action="store_true", help="evaluate afterwards on the reported split (test when the data has one, else eval)")
-    t.add_argument("--verbose", type=int, default=2, choices=(0, 1, 2), help="Keras fit verbosity")
+    t.add_argument("--verbose", type=int, choices=(0, 1, 2),
+                   help="0 silent, 1 a progress bar per epoch, 2 a line per epoch (default: 1 on a terminal, else 2)")
 
     e = sub.add_parser("evaluate", formatter_class=_Help, help="per-domain metrics of a trained model -> metrics.json")
     e.add_argument("--model-dir", required=True, help="folder written by `mdr train`")

@@ -122,6 +122,19 @@ def run(config: DemoConfig, beam_args: Optional[List[str]] = None) -> int:
     return _models_and_serving(config, data_dir)
 
 
+def _epoch_lines(epochs: int):
+    """A Keras callback printing one indented line per finished epoch (the demo's trainings are otherwise silent)."""
+    import tf_keras as keras
+
+    def line(epoch, logs):
+        logs = logs or {}
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in logs.items() if k in ("loss", "auc", "val_auc")
+                          or k.startswith("val_recall"))
+        print(f"      epoch {epoch + 1}/{epochs}  {shown}  {logs.get('epoch_seconds', 0):.0f} s", flush=True)
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=line)
+
+
 def _models_and_serving(config: DemoConfig, data_dir: str) -> int:
     from mdr_keras import training
 
@@ -135,7 +148,7 @@ def _models_and_serving(config: DemoConfig, data_dir: str) -> int:
             shutil.rmtree(model_dir)  # a demo run starts fresh, never resumes an older one
         train_config = training.TrainConfig(model=model, task=task, epochs=epochs, batch_size=512, patience=0,
                                             learning_rate=2e-3, seed=config.seed)
-        summary = training.train(data_dir, model_dir, train_config, verbose=0)
+        summary = training.train(data_dir, model_dir, train_config, verbose=0, callbacks=[_epoch_lines(epochs)])
         print(f"      {summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s", flush=True)
         print(training.format_metrics(training.evaluate(model_dir, data_dir, "eval", ks=(10, 50))))
 

@@ -262,6 +262,39 @@ class _EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
+class _StepsProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar, with the epoch's steps known in the first epoch too.
+
+    A TFRecord dataset has no known length, so Keras shows `1/Unknown` until the first epoch ends.
+    The steps come from the row counts of `metadata.json` instead: exact without a holdout, an
+    estimate with one (1 in `HOLDOUT_BUCKETS` rows, by hash). Past an estimate that fell short the
+    bar counts on without a target; at each epoch's end the target becomes the steps really run.
+    """
+
+    def __init__(self, steps: int):
+        super().__init__(count_mode="steps")
+        self.known_steps = steps
+
+    def set_params(self, params):
+        super().set_params(params)
+        if self.target is None:
+            self.target = self.known_steps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.target = self.known_steps
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.target is not None and batch + 1 > self.target:
+            self.target = self.progbar.target = None
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.seen:
+            self.known_steps = self.target = self.progbar.target = self.seen
+        super().on_epoch_end(epoch, logs)
+
+
 def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional[tf.distribute.Strategy] = None,
           verbose: int = 2, callbacks: Sequence[keras.callbacks.Callback] = ()) -> Dict[str, Any]:
     """Trains `config.model` on `data_dir`'s train split; writes the model folder; returns a summary.
@@ -305,6 +338,9 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
     if steps is None:
         rows = split_rows(data_dir, "train") * ((data.HOLDOUT_BUCKETS - 1) / data.HOLDOUT_BUCKETS if holdout else 1)
         total_steps = max(1, int(rows) // global_batch) * config.epochs
+        if verbose == 1:  # the progress bar's steps: a last partial batch is a step unless dropped
+            batches = int(rows) // global_batch if replicas > 1 else -(-int(rows) // global_batch)
+            callbacks = [_StepsProgbar(max(1, batches))] + list(callbacks)
     else:
         train_ds = train_ds.repeat()
         total_steps = steps * config.epochs

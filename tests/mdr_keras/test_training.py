@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -214,3 +215,16 @@ def test_a_replica_without_rows_neither_crashes_nor_makes_the_loss_nan(synthetic
     losses = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(losses) == {"adi", "ranker"}
     assert all(math.isfinite(v) and v > 0 for v in losses.values()), losses
+
+
+def test_the_first_epochs_progress_bar_knows_its_steps(synthetic_data, tmp_path, capsys):
+    # Keras alone shows "1/Unknown" through the first epoch of a TFRecord dataset; the steps come from metadata.json
+    data_dir, _ = synthetic_data
+    config = training.TrainConfig(model="dnn", task="ranking", epochs=1, batch_size=512, patience=0,
+                                  model_config={"mlp_units": [8]})
+    training.train(data_dir, str(tmp_path / "dnn"), config, verbose=1)
+    out = capsys.readouterr().out
+    assert "Unknown" not in out
+    bars = re.findall(r"(\d+)/(\d+) \[", out)
+    assert len(bars) >= 2 and len({total for _, total in bars}) == 1, bars  # one target from the first step on
+    assert bars[-1][0] == bars[-1][1]  # and it is the number of steps run
