@@ -114,6 +114,36 @@ class DomainFusionGate(keras.layers.Layer):
             return (g_sp * specific) * (g_sh * shared)
         return g_sp * specific + g_sh * shared
 
+    def fused_transform(self, x, left, right, bias, gate):
+        """`x W + b` for the fused `W` and `b` when `W_spec = left^T right` is given by its factors.
+
+        No `[B, F, h]` tensor is made: the fusion is linear in `W_spec` (`"sum"`) or element-wise
+        with `W_glob` (`"mul"`), so each rank-one term `l_j c_j^T` of `W_spec` passes through it alone:
+
+            "sum": x W = g_sp sum_j (x . l_j) c_j + g_sh x W_glob                  (B r (F + h) + B F h)
+            "mul": x W = g_sp g_sh sum_j c_j * ((x * l_j) W_glob)                  (B r F h)
+
+        Args:
+            x: float `[B, F]`, the transformation input.
+            left: float `[B, r, F]`, the factors `l_j` over the input.
+            right: float `[B, r, h]`, the factors `c_j` over the output.
+            bias: float `[B, h]`, the specific bias `b_spec`.
+            gate: float32 `[B, 2]`, `self.gate(gate_input)`.
+
+        Returns:
+            `x W + b`, `[B, h]`, in the compute dtype (before the activation of eq. 14).
+        """
+        x, left, right, bias = (tf.cast(t, self.compute_dtype) for t in (x, left, right, bias))
+        g = tf.cast(gate, self.compute_dtype)
+        g_sp, g_sh = g[:, :1], g[:, 1:]
+        if self.fusion == "mul":
+            projected = tf.tensordot(x[:, None, :] * left, self.global_kernel, axes=1)  # [B, r, h]
+            xw = g_sp * g_sh * tf.reduce_sum(right * projected, axis=1)
+        else:
+            specific = tf.einsum("br,brh->bh", tf.einsum("brf,bf->br", left, x), right)
+            xw = g_sp * specific + g_sh * tf.matmul(x, self.global_kernel)
+        return xw + (self._fuse(bias, self.global_bias, g_sp, g_sh) if self.fuse_bias else bias)
+
     def call(self, inputs, training=None):
         gate_input, kernel, bias = input_list(self, inputs, INPUTS)
         kernel = tf.cast(kernel, self.compute_dtype)

@@ -24,7 +24,7 @@ batch. Mixed precision: the logit is computed by a float32 layer; losses and met
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence
 
 import tensorflow as tf
 import tf_keras as keras
@@ -72,6 +72,8 @@ class RankerConfig:
             synthetic demo data (with "mul" the gate can only scale W by g_sp g_sh <= 1/4 and the
             product of two small random matrices starts the layer near zero).
         dsfs_gate_units: hidden widths of the fusion gate MLP (D3 eq. 11).
+        dsfs_weight_rank: None for D3's full generated `[F, h]` weight per row, or the rank r of a
+            low-rank generated weight (`DomainSensitiveFeatureSelection(weight_rank=r)`).
         dbo_lower, dbo_upper: clip range [l, u] of the normalized complexity (D3 eq. 16).
         dbo_lambda_1, dbo_alpha_1, dbo_lambda_2, dbo_alpha_2: D3 eq. 17-18.
         dbo_start_fraction: fraction of the training steps after which DBO weights the loss.
@@ -106,6 +108,7 @@ class RankerConfig:
     dsfs_field_units: int = 16
     dsfs_fusion: str = "sum"
     dsfs_gate_units: Sequence[int] = (64, 16)
+    dsfs_weight_rank: Optional[int] = None
     dbo_lower: float = 0.1
     dbo_upper: float = 1.0
     dbo_lambda_1: float = 0.5
@@ -133,6 +136,7 @@ class RankerConfig:
                      "mlp_units", "dsfs_gate_units"):  # tuples: JSON gives lists
             setattr(self, name, tuple(check_units(name, getattr(self, name),
                                                   allow_empty=name in ("mlp_units", "dsfs_gate_units"))))
+        check_int("dsfs_weight_rank", self.dsfs_weight_rank, none_ok=True)
         check_real("l2", self.l2, 0)
         check_real("dropout", self.dropout, 0, 1, high_open=True)
         check_real("eta", self.eta, 0, low_open=True)
@@ -402,7 +406,8 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
         mlp_units = ()  # the backbone is the network; Dense(1) (after DSFS with the D3 head) on top
     d3 = model in ("ranker", "ranker-no-pcrg", "ranker-no-pcrg-psrg", "ranker-no-dbo") or (not ranker and c.d3_head)
     dsfs = DomainSensitiveFeatureSelection(c.dsfs_units, field_units=c.dsfs_field_units, fusion=c.dsfs_fusion,
-                                           gate_units=list(c.dsfs_gate_units), name="dsfs") if d3 else None
+                                           gate_units=list(c.dsfs_gate_units), weight_rank=c.dsfs_weight_rank,
+                                           name="dsfs") if d3 else None
     balance = c.domain_balance() if d3 and model != "ranker-no-dbo" else None
     return RankerModel(encoder, embedding, f, D, psrg=psrg, pcrg=pcrg, attention=attention, backbone=backbone,
                        dsfs=dsfs, balance=balance, mlp_units=mlp_units, dropout=c.dropout, dsbn=c.dsbn,

@@ -82,6 +82,33 @@ def test_mul_gate_only_scales_by_g_sp_times_g_sh():
     np.testing.assert_allclose(kernel, g * (1 - g) * x[1] * layer.global_kernel.numpy(), rtol=1e-5, atol=1e-7)
 
 
+def test_fused_transform_by_hand():
+    # x = [1, 2], W_spec = l c^T with l = [2, 4], c = [1] (the [2, 4]^T above, as factors), b_spec = 1
+    layer = hand_layer(fusion="sum")
+    gate = layer.gate(HAND_INPUTS[0])
+    x, left, right = np.array([[1.0, 2.0]] * 2, np.float32), np.array([[[2.0, 4.0]]] * 2, np.float32), np.ones((2, 1, 1))
+    out = layer.fused_transform(x, left, right, HAND_INPUTS[2], gate)
+    # "sum", row 0: x W + b = 1 (1 + g) + 2 (0.5 + 3.5 g) + 2 - g = 4 + 7 g = 9.117413
+    #        row 1: 1 * 1.5 + 2 * 2.25 + 1.5 = 7.5
+    np.testing.assert_allclose(out, [[4 + 7 * G], [7.5]], rtol=1e-5)
+
+
+@pytest.mark.parametrize("fusion", ["mul", "sum"])
+@pytest.mark.parametrize("fuse_bias", [True, False])
+@pytest.mark.parametrize("rank", [1, 3])
+def test_fused_transform_equals_the_materialised_kernel(fusion, fuse_bias, rank):
+    batch, gate_dim, f, h = 5, 4, 6, 3
+    rng = np.random.default_rng(rank)
+    gate_input, _, bias = inputs(batch, gate_dim, f, h)
+    x = rng.normal(size=(batch, f)).astype(np.float32)
+    left = rng.normal(size=(batch, rank, f)).astype(np.float32)
+    right = rng.normal(size=(batch, rank, h)).astype(np.float32)
+    layer = DomainFusionGate(gate_units=(4,), fusion=fusion, fuse_bias=fuse_bias)
+    kernel, fused_bias, gate = layer([gate_input, np.einsum("brf,brh->bfh", left, right), bias])
+    expected = np.einsum("bf,bfh->bh", x, kernel) + fused_bias
+    np.testing.assert_allclose(layer.fused_transform(x, left, right, bias, gate), expected, rtol=1e-4, atol=1e-5)
+
+
 # ------------------------------------------------------------------ 2. shapes
 @pytest.mark.parametrize("gate_units", [(), (3,), (4, 2)])
 @pytest.mark.parametrize("fusion", ["mul", "sum"])

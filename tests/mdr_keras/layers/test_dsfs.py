@@ -20,6 +20,9 @@ HAND_WEIGHTS = {
     "residual_kernel": [[1.0, 0.0], [0.0, -1.0]], "residual_bias": [0.0, 0.0],
     "weight_generator_kernel": [[1, 0, 0, 0], [0, 1, 0, 0]],    # W_spec = [T_1, T_2, 0, 1]^T
     "weight_generator_bias": [0, 0, 0, 1],
+    # weight_rank=1: l = [T_1, T_2, 0, 1], c = [0 T_1 + 0 T_2 + 1] -> W_spec = l c^T, the same W_spec
+    "left_generator_kernel": [[1, 0, 0, 0], [0, 1, 0, 0]], "left_generator_bias": [0, 0, 0, 1],
+    "right_generator_kernel": [[0.0], [0.0]], "right_generator_bias": [1.0],
     "bias_generator_kernel": [[0.0], [1.0]], "bias_generator_bias": [0.5],  # b_spec = T_2 + 0.5
     # v = [x'_11 - x'_12 + ln3 - 1.5, 0] (reads x', not x)
     "gate_kernel_0": [[1, 0], [-1, 0], [0, 0], [0, 0]], "gate_bias_0": [LN3 - 1.5, 0.0],
@@ -57,8 +60,9 @@ def hand_layer(**kwargs):
     # no gate (D1 ablation): W = W_spec, b = b_spec: relu(3.5 + 1 + 1.5) = 6
     ({"fusion": None}, 6.0),
 ])
-def test_values_by_hand(kwargs, expected):
-    out = hand_layer(**kwargs)(FIELDS, return_attention=True)
+@pytest.mark.parametrize("weight_rank", [None, 1])  # the rank-1 weights above give the same W_spec
+def test_values_by_hand(kwargs, expected, weight_rank):
+    out = hand_layer(weight_rank=weight_rank, **kwargs)(FIELDS, return_attention=True)
     np.testing.assert_allclose(out["output"], [[expected]], rtol=1e-5)
     np.testing.assert_allclose(out["attention"], ATTENTION, rtol=1e-6)
     np.testing.assert_allclose(out["specific_gate"], [1.0 if kwargs["fusion"] is None else 0.75], rtol=1e-6)
@@ -87,12 +91,14 @@ def test_transformation_input_by_hand():
 @pytest.mark.parametrize("units", [1, 3])
 @pytest.mark.parametrize("fusion", ["mul", "sum", None])
 @pytest.mark.parametrize("transform_dim", [None, 5])
-def test_shapes(num_fields, units, fusion, transform_dim):
+@pytest.mark.parametrize("weight_rank", [None, 2])
+def test_shapes(num_fields, units, fusion, transform_dim, weight_rank):
     batch, e, h1 = 4, 2, 3
     rng = np.random.default_rng(0)
     fields = rng.normal(size=(batch, num_fields, e)).astype(np.float32)
     inputs = fields if transform_dim is None else [fields, rng.normal(size=(batch, transform_dim)).astype(np.float32)]
-    layer = DomainSensitiveFeatureSelection(units, field_units=h1, fusion=fusion, gate_units=(4,))
+    layer = DomainSensitiveFeatureSelection(units, field_units=h1, fusion=fusion, gate_units=(4,),
+                                            weight_rank=weight_rank)
     out = layer(inputs, return_attention=True)
     assert sorted(out) == ["attention", "output", "specific_gate"]
     assert out["output"].shape == (batch, units) and out["output"].dtype == tf.float32
@@ -104,9 +110,13 @@ def test_shapes(num_fields, units, fusion, transform_dim):
     assert (g == 1).all() if fusion is None else ((g > 0) & (g < 1)).all()
     np.testing.assert_allclose(layer(inputs), out["output"])  # same output without the dict
     f = num_fields * e if transform_dim is None else transform_dim
-    assert tuple(layer.weight_generator_kernel.shape) == (num_fields * h1, f * units)
+    if weight_rank is None:
+        assert tuple(layer.weight_generator_kernel.shape) == (num_fields * h1, f * units)
+    else:
+        assert tuple(layer.left_generator_kernel.shape) == (num_fields * h1, weight_rank * f)
+        assert tuple(layer.right_generator_kernel.shape) == (num_fields * h1, weight_rank * units)
     assert tuple(layer.field_kernel.shape) == (num_fields, e, h1)
-    assert len(layer.weights) == 10 + (6 if fusion else 0)
+    assert len(layer.weights) == 10 + (0 if weight_rank is None else 2) + (6 if fusion else 0)
     assert tuple(layer.compute_output_shape(tf.TensorShape([None, num_fields, e]))) == (None, units)
 
 
@@ -120,9 +130,10 @@ def test_rows_are_independent():
             np.testing.assert_allclose(one[key][0], both[key][i], rtol=1e-5, atol=1e-6)
 
 
-def test_gradients_reach_every_weight():
+@pytest.mark.parametrize("fusion,weight_rank", [("sum", None), ("sum", 2), ("mul", 2)])
+def test_gradients_reach_every_weight(fusion, weight_rank):
     # unlike the reference code (detached DSFS input), W^Q / W^K learn through eq. 8 -> 14
-    layer = DomainSensitiveFeatureSelection(3, field_units=4, fusion="sum", gate_units=(4,))
+    layer = DomainSensitiveFeatureSelection(3, field_units=4, fusion=fusion, gate_units=(4,), weight_rank=weight_rank)
     fields = np.random.default_rng(0).normal(size=(8, 3, 2)).astype(np.float32)
     layer(fields)
     rng = np.random.default_rng(1)
@@ -133,8 +144,10 @@ def test_gradients_reach_every_weight():
         assert grad is not None and np.abs(tf.convert_to_tensor(grad).numpy()).max() > 0, var.name
 
 
-def test_mixed_precision():
-    layer = DomainSensitiveFeatureSelection(2, field_units=3, gate_units=(4,), dtype="mixed_float16")
+@pytest.mark.parametrize("weight_rank", [None, 3])
+def test_mixed_precision(weight_rank):
+    layer = DomainSensitiveFeatureSelection(2, field_units=3, gate_units=(4,), dtype="mixed_float16",
+                                            weight_rank=weight_rank)
     out = layer(np.random.default_rng(0).normal(size=(4, 3, 2)).astype(np.float32), return_attention=True)
     assert out["output"].dtype == tf.float16
     assert out["attention"].dtype == tf.float32 and out["specific_gate"].dtype == tf.float32
@@ -148,6 +161,7 @@ def test_mixed_precision():
      "name": "d3"},
     {"units": 1, "fusion": None, "activation": "elu", "kernel_initializer": keras.initializers.HeNormal(seed=1),
      "kernel_regularizer": keras.regularizers.L2(1e-5)},
+    {"units": 3, "weight_rank": 2, "fusion": "mul"},
 ])
 def test_config_round_trip(kwargs):
     clone = layer_checks.assert_config_round_trip(DomainSensitiveFeatureSelection(**kwargs))
@@ -167,6 +181,7 @@ def test_save_reload_same_predictions_in_fresh_process(tmp_path):
         "sum_value": DomainSensitiveFeatureSelection(2, field_units=2, fusion="sum", value_projection=True,
                                                      name="sum_value")([fields_in, x_in]),
         "no_gate": DomainSensitiveFeatureSelection(1, field_units=2, fusion=None, name="no_gate")(fields_in),
+        "low_rank": DomainSensitiveFeatureSelection(2, field_units=2, weight_rank=2, name="low_rank")([fields_in, x_in]),
     }
     model = keras.Model({"fields": fields_in, "x_flat": x_in}, outputs)
     for layer in model.layers:
@@ -191,6 +206,8 @@ def test_save_reload_same_predictions_in_fresh_process(tmp_path):
     {"units": 2, "fusion": "concat"},
     {"units": 2, "gate_units": (0,)},
     {"units": 2, "fuse_bias": None},
+    {"units": 2, "weight_rank": 0},
+    {"units": 2, "weight_rank": 1.5},
     {"units": 2, "activation": "no_such_activation"},
 ])
 def test_bad_arguments(kwargs):
