@@ -14,6 +14,10 @@ each timed two ways with the same inputs:
   request tensors, serialization, the RPC, the server's checks, the model and the decoding;
 - in-process: the same store lookup and tensors, then the version's `serving_default` signature of
   the SavedModel (loaded here with `tf.saved_model.load`) called directly, outputs to numpy.
+- a recommendation (top 10 of K candidates), two ways: one call to the export's `recommender`
+  (`Client.recommend`; in-process: its signature), and the two calls it replaces (`Client.recommend`
+  with `recommender_model=None`; in-process: the `retrieval` signature, then the ranker's on the
+  candidates' features).
 Each path gets `--warmup` untimed calls first. Prints p50 / p99 per call and the ratio gRPC /
 in-process: the cost of going through the server.
 
@@ -132,6 +136,44 @@ def latency(server, client, store, export_dir, args):
         remote = percentiles(time_calls(grpc_call, work, args.warmup))
         size = f"K={args.k}" if call == "candidates" else f"{args.items} items"
         rows.append((f"{call} ({size})", f"{model} v{version}", *local, *remote))
+    rows += recommend_rows(server, client, store, export_dir, args, work)
+    return rows
+
+
+def recommend_rows(server, client, store, export_dir, args, work):
+    """Latency rows of a recommendation (top 10 of K candidates): the one-call `recommender` and the
+    two calls it replaces (exact retrieval, then the ranker on the candidates)."""
+    retrieval, ranker = args.retrieval_models[0], args.ranker_model
+    if args.recommender_model not in server.model_names or retrieval not in server.model_names:
+        print(f"  (skipping recommend: {args.recommender_model} or {retrieval} not in the export)")
+        return []
+    one, version = load_signature(export_dir, args.recommender_model)
+    one_info = client.signature_inputs(args.recommender_model)
+    (first, first_version), first_info = load_signature(export_dir, retrieval), client.signature_inputs(retrieval)
+    (second, second_version), second_info = load_signature(export_dir, ranker), client.signature_inputs(ranker)
+
+    def one_local(domain, user, items):
+        return in_process_call(one, one_info, store.features(user, domain))
+
+    def one_grpc(domain, user, items):
+        return client.recommend(domain, user, store, n=10, k=args.k, recommender_model=args.recommender_model)
+
+    def two_local(domain, user, items):
+        ids = in_process_call(first, first_info, store.features(user, domain))["item_ids"][0]
+        found = [i.decode() for i in ids.tolist() if i]
+        return in_process_call(second, second_info, store.features(user, domain, found))
+
+    def two_grpc(domain, user, items):
+        return client.recommend(domain, user, store, n=10, k=args.k, recommender_model=None)
+
+    rows = []
+    for name, model, local_call, grpc_call in (
+            ("recommend, one call", f"{args.recommender_model} v{version}", one_local, one_grpc),
+            ("recommend, two calls", f"{retrieval} v{first_version} + {ranker} v{second_version}", two_local,
+             two_grpc)):
+        local = percentiles(time_calls(local_call, work, args.warmup))
+        remote = percentiles(time_calls(grpc_call, work, args.warmup))
+        rows.append((f"{name} (K={args.k}, top 10)", model, *local, *remote))
     return rows
 
 
@@ -213,6 +255,8 @@ def main(argv=None):
     parser.add_argument("--retrieval-models", default="retrieval,retrieval_scann",
                         help="comma-separated retrieval models to time (the first one is used in load mode)")
     parser.add_argument("--ranker-model", default="ranker")
+    parser.add_argument("--recommender-model", default="recommender",
+                        help="the one-call recommender (latency mode; skipped when the export has none)")
     parser.add_argument("--batching", default="both", choices=("off", "on", "both"),
                         help="load mode: the server without, with, or without and then with batching")
     parser.add_argument("--batching-parameters-file", help="batching parameters (default: the export's batching.config)")

@@ -238,13 +238,16 @@ def _query(args) -> int:
 
 
 def _recommend(args) -> int:
+    from mdr_contract import artifacts
     from serving import client
 
     c, store = _client_and_store(args)
     with c:
         print(client.format_recommendations(args.domain, args.user,
                                             c.recommend(args.domain, args.user, store, n=args.n, k=args.k,
-                                                        cold_start=args.cold_start)))
+                                                        cold_start=args.cold_start,
+                                                        recommender_model=None if args.two_calls else
+                                                        artifacts.RECOMMENDER)))
     return 0
 
 
@@ -398,10 +401,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--items", nargs="+", help="item ids to score")
     q.add_argument("--model", help="served model name (default retrieval / ranker; e.g. retrieval_scann)")
 
-    r = sub.add_parser("recommend", formatter_class=_Help, help="two-stage recommendation over gRPC: retrieval in a domain, then the ranker")
+    r = sub.add_parser("recommend", formatter_class=_Help,
+                       help="two-stage recommendation over gRPC: retrieval in a domain, then the ranker (one call "
+                            "to the export's `recommender` when -k is at least its K)")
     _add_client_arguments(r)
     r.add_argument("-n", type=int, default=10, help="recommendations to return")
     r.add_argument("-k", type=int, default=100, help="candidates retrieved for the ranker")
+    r.add_argument("--two-calls", action="store_true",
+                   help="call retrieval, then the ranker, even where the export has the one-call recommender")
 
     d = sub.add_parser("demo", formatter_class=_Help, help="run the whole system end to end (synthetic data by default)")
     d.add_argument("--output", default="runs/demo", help="folder for every artifact of the run")

@@ -31,7 +31,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from mdr_contract.artifacts import DEFAULT_SIGNATURE, EXAMPLES_INPUT, EXAMPLES_SIGNATURE, RANKER, RETRIEVAL
+from mdr_contract.artifacts import (DEFAULT_SIGNATURE, EXAMPLES_INPUT, EXAMPLES_SIGNATURE, RANKER, RECOMMENDER,
+                                    RETRIEVAL)
 from serving.feature_store import FeatureStore, to_examples
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class Client:
             ("grpc.max_receive_message_length", max_message_bytes)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
-        self._signatures: Dict[tuple, Dict[str, TensorInfo]] = {}
+        self._signatures: Dict[tuple, object] = {}  # (model, signature, version) -> SignatureDef
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -165,12 +166,9 @@ class Client:
         response = self._call(self._predict.Predict, request, model, timeout)
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 
-    def signature_inputs(self, model: str, signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None,
-                         refresh: bool = False) -> Dict[str, TensorInfo]:
-        """The inputs of a served signature: name -> (dtype, shape; None for unknown sizes).
-
-        Read with `GetModelMetadata` and cached per (model, signature, version) until `refresh`.
-        """
+    def _signature_def(self, model: str, signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None,
+                       refresh: bool = False):
+        """The served `SignatureDef` (`GetModelMetadata`), cached per (model, signature, version) until `refresh`."""
         key = (model, signature, version)
         with self._lock:
             if not refresh and key in self._signatures:
@@ -186,14 +184,23 @@ class Client:
         if signature not in signature_map.signature_def:
             raise ServingError(grpc.StatusCode.NOT_FOUND,
                                f"no signature {signature!r}; signatures: {sorted(signature_map.signature_def)}", model)
-        inputs = {}
-        for name, info in signature_map.signature_def[signature].inputs.items():
-            shape = None if info.tensor_shape.unknown_rank else tuple(
-                None if d.size < 0 else d.size for d in info.tensor_shape.dim)
-            inputs[name] = (tf.dtypes.as_dtype(info.dtype), shape)
+        found = signature_map.signature_def[signature]
         with self._lock:
-            self._signatures[key] = inputs
-        return inputs
+            self._signatures[key] = found
+        return found
+
+    def signature_inputs(self, model: str, signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None,
+                         refresh: bool = False) -> Dict[str, TensorInfo]:
+        """The inputs of a served signature: name -> (dtype, shape; None for unknown sizes).
+
+        Read with `GetModelMetadata` and cached per (model, signature, version) until `refresh`.
+        """
+        return _tensor_infos(self._signature_def(model, signature, version, refresh).inputs)
+
+    def signature_outputs(self, model: str, signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None,
+                          refresh: bool = False) -> Dict[str, TensorInfo]:
+        """The outputs of a served signature, as `signature_inputs` gives the inputs."""
+        return _tensor_infos(self._signature_def(model, signature, version, refresh).outputs)
 
     def model_status(self, model: str, timeout: Optional[float] = None) -> Dict[int, str]:
         """Version -> state name ('AVAILABLE', 'LOADING', 'END', ...) of `model` (`GetModelStatus`)."""
@@ -287,13 +294,28 @@ class Client:
             probabilities += np.reshape(out["probability"], [-1]).astype(float).tolist()
         return probabilities
 
+    def recommender_k(self, model: str = RECOMMENDER) -> Optional[int]:
+        """K of a served one-call `recommender` (the candidates it ranks), or None when the server has none."""
+        try:
+            shape = self.signature_outputs(model).get("item_ids", (None, None))[1]
+        except ServingError as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return shape[-1] if shape and shape[-1] else None
+
     def recommend(self, domain: str, user_id: str, store: FeatureStore, n: int = 10, k: int = 100,
                   retrieval_model: str = RETRIEVAL, ranker_model: str = RANKER, cold_start: bool = False,
-                  timeout: Optional[float] = None) -> List[Tuple[str, float]]:
-        """Two-stage recommendation: `k` candidates of retrieval in `domain`, scored by the ranker in
-        one request; the `n` most probable (item id, probability), best first (ties: retrieval order).
+                  timeout: Optional[float] = None, recommender_model: Optional[str] = RECOMMENDER
+                  ) -> List[Tuple[str, float]]:
+        """Two-stage recommendation: `k` candidates of retrieval in `domain`, scored by the ranker; the `n`
+        most probable (item id, probability), best first (ties: retrieval order).
 
-        Candidates the store does not know (an index newer than the store) are dropped with a warning.
+        One call to `recommender_model` when the server has it and it ranks exactly the `k` candidates
+        two calls would (its K, read once from its signature, equals the retrieval's K and `k` is at least
+        that: retrieval returns K per row). Otherwise, or with `recommender_model=None`, two calls:
+        retrieval, then the ranker on the candidates in one request; candidates the store does not know
+        (an index newer than the store) are then dropped with a warning. Both give the same answer.
 
         Raises:
             ValueError: unknown domain or user, or n < 1.
@@ -301,6 +323,17 @@ class Client:
         """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"`n` must be an integer >= 1. Received: n={n!r}")
+        user = store.features(user_id, domain, cold_start=cold_start)  # an unknown user or domain fails before any RPC
+        if recommender_model is not None:
+            one_k = self.recommender_k(recommender_model)
+            if one_k is not None and k >= one_k:
+                out = self.run(recommender_model, user, timeout=timeout)
+                found = []
+                for item, p in zip(out["item_ids"][0].tolist(), out["probabilities"][0].tolist()):
+                    item = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+                    if item:
+                        found.append((item, float(p)))
+                return found[:n]
         found = [item for item, _ in self.candidates(domain, user_id, k, store, model=retrieval_model,
                                                      cold_start=cold_start, timeout=timeout)]
         known = [item for item in found if store.has_item(item)]
@@ -313,6 +346,16 @@ class Client:
                                     timeout=timeout)
         order = sorted(range(len(known)), key=lambda i: -probabilities[i])  # stable: ties keep retrieval order
         return [(known[i], probabilities[i]) for i in order[:n]]
+
+
+def _tensor_infos(infos) -> Dict[str, TensorInfo]:
+    """name -> (dtype, shape) of a SignatureDef's `inputs` or `outputs` map (None for unknown sizes)."""
+    out = {}
+    for name, info in infos.items():
+        shape = None if info.tensor_shape.unknown_rank else tuple(
+            None if d.size < 0 else d.size for d in info.tensor_shape.dim)
+        out[name] = (tf.dtypes.as_dtype(info.dtype), shape)
+    return out
 
 
 def _conform(array: np.ndarray, dtype: tf.DType, shape: Optional[tuple]) -> np.ndarray:

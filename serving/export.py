@@ -16,6 +16,9 @@
                                domain (stock ops: stock TF Serving loads it)
       retrieval_scann/<version>/  the same from the per-domain ScaNN index inside the graph (needs a
                                model server with the ScaNN ops, e.g. the embedded one)
+      recommender/<version>/   retrieval inputs -> {"item_ids", "probabilities", "retrieval_scores"}:
+                               exact top-K of the row's domain ranked by the ranker in one graph
+                               (`serving.recommender`; stock ops); with both models only
 
 Signatures. Every model has two, with named outputs:
 - `serving_default`: one named input per feature the model reads (`model_inputs`), holding RAW
@@ -72,10 +75,12 @@ from mdr_keras import training
 from mdr_keras.models.retrieval import tower_features
 from serving import config as cfg
 from serving import index as ix
+from serving import recommender as rec
+from serving.feature_store import FeatureStore
 
 OUTPUTS = {artifacts.USER_TOWER: ("embedding",), artifacts.ITEM_TOWER: ("embedding",),
            artifacts.RANKER: ("probability",), artifacts.RETRIEVAL: ("item_ids", "scores"),
-           artifacts.RETRIEVAL_SCANN: ("item_ids", "scores")}
+           artifacts.RETRIEVAL_SCANN: ("item_ids", "scores"), artifacts.RECOMMENDER: rec.OUTPUTS}
 DOCKER_MODELS_ROOT = "/models"
 MAX_BATCH_SIZE = 4096
 _EMBED_BATCH = 4096  # item records per item-tower call while embedding the corpus
@@ -88,8 +93,11 @@ def model_inputs(spec: fs.FeatureSpec, model: str) -> List[str]:
 
     Exactly the features the Keras model reads: the user tower's (`tower_features`: user features,
     user domain statistics, the domain, the behaviour sequences) for `user_tower` and the retrieval
-    models, the item tower's for `item_tower`, and every `ranker_features` name for `ranker`.
+    models, the item tower's for `item_tower`, every `ranker_features` name for `ranker`, and for
+    `recommender` the retrieval inputs with the ranker's user-side ones (`recommender_inputs`).
     """
+    if model == artifacts.RECOMMENDER:
+        return rec.recommender_inputs(spec, model_inputs(spec, artifacts.RETRIEVAL), model_inputs(spec, artifacts.RANKER))
     user, seq, item = tower_features(spec)
     if model in (artifacts.USER_TOWER, artifacts.RETRIEVAL, artifacts.RETRIEVAL_SCANN):
         names = set(user + seq)
@@ -369,7 +377,8 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
         version = next_version(export_dir)
     elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"`version` must be an integer >= 1. Received: version={version!r}")
-    names = (artifacts.RETRIEVAL_MODEL_NAMES if retrieval_dir else ()) + ((artifacts.RANKER,) if ranker_dir else ())
+    names = (artifacts.RETRIEVAL_MODEL_NAMES if retrieval_dir else ()) + ((artifacts.RANKER,) if ranker_dir else ()) \
+        + ((artifacts.RECOMMENDER,) if retrieval_dir and ranker_dir else ())
     taken = [m for m in names if os.path.exists(os.path.join(export_dir, m, str(version)))]
     if taken:
         raise FileExistsError(f"Version {version} already exists for {taken} in {export_dir}")
@@ -404,11 +413,32 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
         write(ServingModule(artifacts.RETRIEVAL, model, spec, index=exact), spec)
         write(ServingModule(artifacts.RETRIEVAL_SCANN, model, spec, index=scann), spec)
     if ranker_dir:
-        model, spec = _load(ranker_dir, training.RANKER_TASK)
-        write(ServingModule(artifacts.RANKER, model, spec), spec)
+        ranker, ranker_spec = _load(ranker_dir, training.RANKER_TASK)
+        write(ServingModule(artifacts.RANKER, ranker, ranker_spec), ranker_spec)
+        if retrieval_dir:
+            reason = _recommender_blocker(spec, ranker_spec, data_dir)
+            if reason:
+                report["recommender_skipped"] = reason
+            else:
+                names = model_inputs(spec, artifacts.RECOMMENDER)
+                write(rec.RecommenderModule(model, ranker, spec, exact, FeatureStore.load(data_dir),
+                                            input_specs(spec, names), model_inputs(spec, artifacts.RANKER)), spec)
     report["configs"] = write_configs(export_dir, batching)
     write_report(report, os.path.join(export_dir, artifacts.export_report(version)))
     return report
+
+
+def _recommender_blocker(retrieval_spec: fs.FeatureSpec, ranker_spec: fs.FeatureSpec, data_dir: str) -> str:
+    """Why no `recommender` can be exported from these two models and data ("" when it can)."""
+    try:
+        rec.check_same_features(retrieval_spec, ranker_spec, model_inputs(retrieval_spec, artifacts.RECOMMENDER)
+                                + [n for n in model_inputs(ranker_spec, artifacts.RANKER)
+                                   if n in rec.item_side(ranker_spec)])
+    except ValueError as error:
+        return f"the two models were trained on other features: {error}"
+    if not tf.io.gfile.glob(artifacts.record_pattern(data_dir, artifacts.STORE)):
+        return f"{data_dir} has no feature store ({artifacts.STORE}/): rerun `mdr preprocess`"
+    return ""
 
 
 def format_report(report: dict) -> str:
@@ -422,6 +452,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  index {d}: {r['items']} items, recall@{r['k']} = {r['recall@k']:.3f} ({how})")
     if report.get("low_recall"):
         lines.append(f"  LOW RECALL in domains {report['low_recall']}")
+    if report.get("recommender_skipped"):
+        lines.append(f"  no {artifacts.RECOMMENDER}: {report['recommender_skipped']}")
     return "\n".join(lines)
 
 

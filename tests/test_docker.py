@@ -180,7 +180,7 @@ def test_stock_serving_config_leaves_out_scann(tmp_path):
     assert os.path.basename(paths["models_docker_config"]) == "models.docker.config"
     assert os.path.basename(paths["batching_config"]) == "batching.config"
     docker = {m.name: m.base_path for m in cfg.read_models_config(paths["models_docker_config"])}
-    assert docker == {m: f"/models/{m}" for m in ("user_tower", "item_tower", "ranker", "retrieval")}
+    assert docker == {m: f"/models/{m}" for m in ("user_tower", "item_tower", "ranker", "retrieval", "recommender")}
     assert "retrieval_scann" in {m.name for m in cfg.read_models_config(paths["models_config"])}
 
 

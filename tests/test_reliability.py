@@ -323,6 +323,23 @@ def server(exported):
         yield server
 
 
+def test_one_call_recommend_answers_as_the_two_calls(exported, server):
+    # The recommender SavedModel (retrieval + ranker in one graph) against retrieval then ranker over gRPC.
+    store = exported["store"]
+    with sc.Client(server.address, timeout=30) as client:
+        assert client.recommender_k() == K
+        for domain, user, _ in queries(store, 6):
+            one = client.recommend(domain, user, store, n=K, k=K)
+            two = client.recommend(domain, user, store, n=K, k=K, recommender_model=None)
+            assert one and sorted(i for i, _ in one) == sorted(i for i, _ in two), (domain, user)
+            np.testing.assert_allclose([p for _, p in sorted(one)], [p for _, p in sorted(two)], atol=1e-6)
+            assert [p for _, p in one] == sorted((p for _, p in one), reverse=True)
+            assert len(client.recommend(domain, user, store, n=3, k=K)) == 3
+        # k below the recommender's K: two calls (retrieval's first k are what the ranker may reorder)
+        assert client.recommend(domain, user, store, n=3, k=2) == client.recommend(
+            domain, user, store, n=3, k=2, recommender_model=None)
+
+
 def queries(store, n):
     """`n` (domain, user, items) triples cycling over the domains and their users (the benchmark's own)."""
     return serving_latency.queries(store, n, ITEMS_PER_SCORE)

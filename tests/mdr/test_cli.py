@@ -166,7 +166,12 @@ def test_serve_then_query_and_recommend_from_other_processes(demo_run):
         done = subprocess.run(base + ["recommend"] + common + ["-n", "3"], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
         assert "recommendations for user 'u0' in domain 'd0'" in done.stdout
-        assert len([l for l in done.stdout.splitlines() if l.strip()[:1].isdigit()]) == 3
+        ranked = [l.split()[1] for l in done.stdout.splitlines() if l.strip()[:1].isdigit()]
+        assert len(ranked) == 3
+        # the export's one-call recommender and the two calls it replaces recommend the same items
+        done = subprocess.run(base + ["recommend", "--two-calls"] + common + ["-n", "3"], capture_output=True,
+                              text=True, timeout=120)
+        assert [l.split()[1] for l in done.stdout.splitlines() if l.strip()[:1].isdigit()] == ranked, done.stdout
         done = subprocess.run(base + ["query", "candidates", "-k", "4", "--model", "retrieval_scann"] + common,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]

@@ -22,6 +22,7 @@ from mdr_keras import training
 from serving import config as cfg
 from serving import export as ex
 from serving import index as ix
+from serving.feature_store import FeatureStore, to_array
 from serving.servables import read_signature_defs
 from tests.serving.top_k_checks import F32_EPS, assert_top_k, reference_scores, score_tolerance
 
@@ -30,7 +31,8 @@ ROWS_PER_DOMAIN = 16
 # Keras here against the SavedModel's graph in another process: the same float32 ops, maybe fused or
 # vectorized otherwise (another machine, another kernel), over a few layers of outputs below 1.
 TOWER_ATOL = 100 * F32_EPS
-STOCK_MODELS = (artifacts.USER_TOWER, artifacts.ITEM_TOWER, artifacts.RANKER, artifacts.RETRIEVAL)
+STOCK_MODELS = (artifacts.USER_TOWER, artifacts.ITEM_TOWER, artifacts.RANKER, artifacts.RETRIEVAL,
+                artifacts.RECOMMENDER)
 
 
 # ------------------------------------------------------------------ fixtures
@@ -252,6 +254,34 @@ def test_reloaded_scann_retrieval_agrees_with_exact(reloaded):
         assert found.shape == exact.shape
         recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact)])
         assert recall >= 0.9, (signature, recall)
+
+
+@pytest.mark.parametrize("signature", [artifacts.DEFAULT_SIGNATURE, artifacts.EXAMPLES_SIGNATURE])
+def test_reloaded_recommender_is_the_retrieval_ranked_by_the_ranker(reloaded, expected, batch, trained, signature):
+    # the two calls it replaces: retrieval's K candidates, then the ranker on the row's features with each
+    # candidate's features from the feature store, ordered by probability
+    data_dir, _, ranker_dir, _ = trained
+    spec, (_, raw) = expected["spec"], batch
+    out, retrieved = reloaded[artifacts.RECOMMENDER][signature], reloaded[artifacts.RETRIEVAL][signature]
+    assert out["item_ids"].shape == out["probabilities"].shape == out["retrieval_scores"].shape == (len(raw[fs.DOMAIN]), K)
+    ranker, _, _ = training.load_model(ranker_dir)
+    store = FeatureStore.load(data_dir)
+    names = ex.model_inputs(spec, artifacts.RANKER)
+    feed, candidates = {n: [] for n in names}, []
+    for row, domain in enumerate(raw[fs.DOMAIN]):
+        ids = [i.decode() for i in retrieved["item_ids"][row] if i]
+        assert sorted(i.decode() for i in out["item_ids"][row] if i) == sorted(ids)  # the same K candidates
+        items = store.item_features(ids, domain.decode())
+        for n in names:
+            feed[n].append(to_array(spec[n], items[n]) if n in items else np.repeat(raw[n][row:row + 1], len(ids), 0))
+        candidates.append(ids)
+    probability = iter(ranker({n: np.concatenate(v) for n, v in feed.items()}, training=False)["probability"].numpy())
+    for row, ids in enumerate(candidates):
+        by_id = {i: next(probability) for i in ids}
+        found = [i.decode() for i in out["item_ids"][row][:len(ids)]]
+        np.testing.assert_allclose(out["probabilities"][row][:len(ids)], [by_id[i] for i in found], atol=TOWER_ATOL)
+        assert (np.diff(out["probabilities"][row][:len(ids)]) <= 0).all()  # best first
+        assert sorted(by_id.values(), reverse=True) == pytest.approx(out["probabilities"][row][:len(ids)], abs=TOWER_ATOL)
 
 
 # ------------------------------------------------------------------ versions
