@@ -49,16 +49,19 @@ def _preprocess(args, beam_args) -> int:
     from pipeline import preprocess
     from pipeline.sources import InputError
 
+    from pipeline import progress
+
     config = preprocess.config_from_args(args)
+    show = progress.printer()
     if args.debug:
-        metadata = preprocess.preprocess(config, beam_args)
+        metadata = preprocess.preprocess(config, beam_args, progress_callback=show)
     else:
         # Beam's workers print each failure's traceback to stderr themselves: kept in a file, so an unusable
         # input reads as one line; anything else is replayed whole.
         log = None
         try:
             with quiet.stderr_to_file("mdr-preprocess-") as log:
-                metadata = preprocess.preprocess(config, beam_args)
+                metadata = preprocess.preprocess(config, beam_args, progress_callback=show)
         except InputError as e:
             if os.path.getsize(log):
                 raise InputError(f"{e} (the workers' log: {log})") from None

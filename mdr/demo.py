@@ -88,7 +88,7 @@ def sample_record(data_dir: str, split: str = "train", scan: int = 200) -> dict:
 
 def run(config: DemoConfig, beam_args: Optional[List[str]] = None) -> int:
     """Runs the demo's stages; returns the exit status."""
-    from pipeline import preprocess, synthetic
+    from pipeline import preprocess, progress, synthetic
 
     out = config.output
     data_dir = os.path.join(out, DATA)
@@ -107,7 +107,7 @@ def run(config: DemoConfig, beam_args: Optional[List[str]] = None) -> int:
         source=config.source, input=raw_dir, output=data_dir, overwrite=True, mapping=config.mapping,
         split="random" if config.source == "movielens-1m" else "time",
         max_domains=preprocess.TAOBAO_DEFAULT_DOMAINS if config.source == "taobao" else None)
-    metadata = preprocess.preprocess(job, beam_args)
+    metadata = preprocess.preprocess(job, beam_args, progress_callback=progress.printer(indent="      "))
     print(preprocess.summary(metadata))
     record = sample_record(data_dir)
     print("sample train record:")

@@ -22,6 +22,7 @@ Output layout (the names are `mdr_contract.artifacts`'):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import glob
 import json
@@ -38,7 +39,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from mdr_contract import artifacts, files
 from mdr_contract import feature_spec as fs
-from pipeline import loopback, sources
+from pipeline import loopback, progress, sources
 from pipeline import transforms as T
 from pipeline.tfrecords import WriteTFRecords
 
@@ -211,8 +212,10 @@ class _WriteSpecAndMetadata(beam.DoFn):
         yield metadata
 
 
-def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.Source) -> None:
-    """Adds the whole job to `p` (sources already checked)."""
+def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.Source,
+                   progress_dir: Optional[str] = None) -> None:
+    """Adds the whole job to `p` (sources already checked); with `progress_dir`, the rows read, rejected
+    and the records built are also tallied there as they pass (`pipeline.progress`, local runner only)."""
     out = config.output
     features = fs.record_features(source.side_features, source.category_feature, config.sequence_length)
     eval_start, test_start = config.time_cutoffs()
@@ -255,6 +258,10 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
     write(store, artifacts.STORE, fs.store_features(features), "FeatureStore")
 
     rejected = (parse_rejected, duplicates) | "CollectRejectedRows" >> beam.Flatten()
+    if progress_dir:
+        lines = lines | "TallyRowsRead" >> progress.TallyRows(progress_dir, progress.READ)
+        rejected = rejected | "TallyRowsRejected" >> progress.TallyRows(progress_dir, progress.REJECTED)
+        records = records | "TallyRecordsBuilt" >> progress.TallyRows(progress_dir, progress.RECORDS)
     (rejected
      | "RejectedRowsToJson" >> beam.Map(lambda r: json.dumps(r, ensure_ascii=False))
      | "WriteRejectedRows" >> beam.io.WriteToText(os.path.join(out, artifacts.REJECTED, artifacts.REJECTED_PREFIX),
@@ -295,6 +302,16 @@ def is_complete(output: str) -> bool:
 def read_metadata(output: str) -> dict:
     files.check_complete(output)
     return json.loads(files.read_text(os.path.join(output, artifacts.METADATA)))
+
+
+# Runners whose workers are processes of this machine (the progress tallies need a shared local folder).
+LOCAL_RUNNERS = ("directrunner", "switchingdirectrunner", "bundlebaseddirectrunner", "fnapirunner")
+
+
+def is_local_runner(args: List[str]) -> bool:
+    """Whether the `--runner=` of normalized `args` (`runner_args`, then the local default) runs here."""
+    runners = [a.split("=", 1)[1] for a in args if a.startswith("--runner=")]
+    return bool(runners) and runners[-1].rsplit(".", 1)[-1].lower() in LOCAL_RUNNERS
 
 
 # Runners Beam ships without resolving their plain names (`StandardOptions.ALL_KNOWN_RUNNERS` lacks them).
@@ -369,8 +386,15 @@ def _check_runner(name: str, path: str) -> None:
         raise ValueError(f"--runner {name}: {reason}") from None
 
 
-def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = None) -> dict:
-    """Runs the job; returns the metadata dict. Raises ValueError/InputError before any work on bad input."""
+def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = None,
+               progress_callback: Optional[progress.Callback] = None, progress_every: float = 5.0) -> dict:
+    """Runs the job; returns the metadata dict. Raises ValueError/InputError before any work on bad input.
+
+    `progress_callback(counts, seconds, final)` is called every `progress_every` seconds while the job
+    runs and once at its end, with the rows read, rejected and the records built so far
+    (`pipeline.progress`; `progress.printer()` prints them); on the local runner only (elsewhere the
+    runner's console shows Beam's counters).
+    """
     args = runner_args(list(pipeline_args or []))
     source = sources.make_source(config.source, config.input, config.mapping, config.label_threshold)
     config.validate(source)
@@ -379,14 +403,17 @@ def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = No
     prepare_output(config.output, config.overwrite)
     if not any(a.startswith("--runner") for a in args):
         args = LOCAL_RUNNER_ARGS + args
+    local = is_local_runner(args)
     if not any(a.startswith("--direct_num_workers") for a in args):
         args.append(f"--direct_num_workers={os.cpu_count() or 1}")
     options = PipelineOptions(args)
     loopback.install()
     start = time.time()
+    watcher = progress.Watcher(progress_callback, progress_every) if progress_callback and local else None
     try:
-        with beam.Pipeline(options=options) as p:
-            build_pipeline(p, config, source)
+        with watcher or contextlib.nullcontext():
+            with beam.Pipeline(options=options) as p:
+                build_pipeline(p, config, source, progress_dir=watcher.folder if watcher else None)
     except Exception as e:
         remove_temporary_folders(config.output)
         message = input_error_message(e)

@@ -14,12 +14,13 @@ SMALL_SYNTHETIC = synthetic.SyntheticConfig(num_users=300, num_items=200, mean_e
 FAST_BEAM_ARGS = ["--runner=DirectRunner", "--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
-def run_job(source, input, output, beam_args=None, **config):
+def run_job(source, input, output, beam_args=None, progress_callback=None, progress_every=5.0, **config):
     """Runs the preprocessing job with `config` overrides; returns its metadata."""
     from pipeline import preprocess
 
     cfg = preprocess.PreprocessConfig(source=source, input=input, output=output, overwrite=True, **config)
-    return preprocess.preprocess(cfg, FAST_BEAM_ARGS if beam_args is None else beam_args)
+    return preprocess.preprocess(cfg, FAST_BEAM_ARGS if beam_args is None else beam_args,
+                                 progress_callback=progress_callback, progress_every=progress_every)
 
 
 def read_records(data_dir, split):

@@ -21,6 +21,8 @@ def test_generate_then_preprocess_in_process(tmp_path, capsys):
     assert "rejected 0" in printed
     meta = json.load(open(os.path.join(out, "metadata.json")))
     assert meta["rows_read"] == meta["rows_written"] > 0
+    # the live progress line, last printed with the job's own counts
+    assert f"rows read {meta['rows_read']:,} · rows rejected 0 · records built {meta['rows_written']:,}" in printed
 
 
 def test_demo_takes_a_csv_with_its_mapping(tmp_path, capsys):
