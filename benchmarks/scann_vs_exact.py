@@ -13,7 +13,15 @@ batch size of `--batch-sizes`, after one warm-up call (which builds the ScaNN se
 state). Prints a markdown table and the ratios ScaNN / exact.
 
 `--leaves-to-search 10,20,50` builds one ScaNN index per value (one table row each): the points of a
-recall / throughput curve. `--json PATH` also writes the numbers as JSON; `mdr report` plots the
+recall / throughput curve. `--target-recall 0.95` adds an index tuned at build time to the fewest
+leaves searched (and candidates re-scored) reaching that recall on the queries
+(`IndexConfig.target_recall`, what `mdr export` does).
+
+`--vectors model --model-dir M --data D` replaces the clustered synthetic corpus with realistic
+vectors: the item-tower embeddings of the trained retrieval model in `M` over the item corpus of `D`
+(all domains), replicated to `--items` with Gaussian noise (`--noise` times the embeddings' per-dimension
+standard deviation) and re-normalised like the tower's output, and the queries are the user-tower
+embeddings of `D`'s eval rows. `--json PATH` also writes the numbers as JSON; `mdr report` plots the
 curve from a `scann_vs_exact.json` anywhere under a run folder, e.g.
 
     python -m benchmarks.scann_vs_exact --items 100000 --leaves-to-search 5,10,20,40 \
@@ -70,8 +78,18 @@ def main(argv=None):
     parser.add_argument("--reorder-multiplier", type=int, default=10)
     parser.add_argument("--max-seconds", type=float, default=30.0, help="time limit of one measurement")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--target-recall", type=float, help="also build an index tuned for this recall@K")
+    parser.add_argument("--vectors", default="clustered", choices=("clustered", "model"),
+                        help="corpus: clustered synthetic unit vectors, or a trained model's item embeddings")
+    parser.add_argument("--model-dir", help="--vectors model: a retrieval model folder (`mdr train`)")
+    parser.add_argument("--data", help="--vectors model: its preprocessing output (items, eval users)")
+    parser.add_argument("--noise", type=float, default=0.1,
+                        help="--vectors model: noise of the replicas, times the per-dimension sd")
     parser.add_argument("--json", help="also write the results to this JSON file (read by `mdr report`)")
+    parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
+    if args.vectors == "model" and not (args.model_dir and args.data):
+        parser.error("--vectors model needs --model-dir and --data")
     try:
         searched = [None] if args.leaves_to_search is None else \
             [int(v) for v in str(args.leaves_to_search).split(",")]
@@ -83,16 +101,23 @@ def main(argv=None):
     from serving import index as ix
 
     t0 = time.perf_counter()
-    corpus = clustered_unit_vectors(args.items, args.dim, args.clusters, args.seed)
+    if args.vectors == "model":
+        corpus, queries = model_vectors(args.model_dir, args.data, args.items, args.queries, args.noise, args.seed)
+        args.dim = corpus.shape[1]
+    else:
+        corpus = clustered_unit_vectors(args.items, args.dim, args.clusters, args.seed)
+        queries = ix.sample_queries(corpus, args.queries, seed=args.seed + 1)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     ids = np.char.encode(np.char.add("item-", np.arange(args.items).astype(str)), "utf-8")
-    queries = ix.sample_queries(corpus, args.queries, seed=args.seed + 1)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    print(f"corpus: {args.items:,} x {args.dim} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(f"corpus: {args.items:,} x {args.dim} ({args.vectors}) in {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
 
-    scanns = []  # (build report, routed index), one per --leaves-to-search value
-    for value in searched:
-        config = ix.IndexConfig(num_neighbors=args.k, leaves=args.leaves, leaves_to_search=value,
-                                reorder_multiplier=args.reorder_multiplier, eval_queries=args.queries)
+    scanns = []  # (build report, routed index), one per --leaves-to-search value (and the tuned one)
+    for value in searched + (["tuned"] if args.target_recall else []):
+        config = ix.IndexConfig(num_neighbors=args.k, leaves=args.leaves,
+                                leaves_to_search=None if value == "tuned" else value,
+                                reorder_multiplier=args.reorder_multiplier, eval_queries=args.queries,
+                                target_recall=args.target_recall if value == "tuned" else None)
         scann_domain = ix.build_domain_index(corpus, ids, config, queries=queries, name="synthetic")
         scanns.append((scann_domain.report, ix.MultiDomainIndex([scann_domain])))
     t0 = time.perf_counter()
@@ -108,20 +133,27 @@ def main(argv=None):
     exact_qps = [queries_per_second(exact, queries, b, args.max_seconds) for b in batches]
 
     head = " | ".join(f"q/s batch {b}" for b in batches)
-    print(f"| index | items | dim | leaves | leaves searched | recall@{args.k} | build s | {head} |")
-    print("|---" * (7 + len(batches)) + "|")
+    lines = [f"| index | items | dim | leaves | leaves searched | recall@{args.k} | build s | {head} |",
+             "|---" * (7 + len(batches)) + "|"]
     for (report, _), qps in zip(scanns, scann_qps):
-        print(f"| ScaNN (tree-AH + reorder {args.k * args.reorder_multiplier}) | {args.items:,} | {args.dim} "
-              f"| {report['leaves']} | {report['leaves_to_search']} | {report['recall@k']:.4f} "
-              f"| {report['build_seconds']:.1f} | " + " | ".join(f"{q:,.0f}" for q in qps) + " |")
-    print(f"| exact (matmul + top_k) | {args.items:,} | {args.dim} | - | - | {exact_recall:.4f} "
-          f"| {exact_build:.1f} | " + " | ".join(f"{q:,.0f}" for q in exact_qps) + " |")
+        reorder = report.get("reorder", args.k * args.reorder_multiplier)
+        kind = f"tuned for recall {args.target_recall}, reorder {reorder}" if "tuning" in report \
+            else f"tree-AH + reorder {reorder}"
+        lines.append(f"| ScaNN ({kind}) | {args.items:,} | {args.dim} "
+                     f"| {report['leaves']} | {report['leaves_to_search']} | {report['recall@k']:.4f} "
+                     f"| {report['build_seconds']:.1f} | " + " | ".join(f"{q:,.0f}" for q in qps) + " |")
+    lines.append(f"| exact (matmul + top_k) | {args.items:,} | {args.dim} | - | - | {exact_recall:.4f} "
+                 f"| {exact_build:.1f} | " + " | ".join(f"{q:,.0f}" for q in exact_qps) + " |")
     for (report, _), qps in zip(scanns, scann_qps):
         label = "" if len(scanns) == 1 else f" ({report['leaves_to_search']} leaves searched)"
-        print(f"| ratio ScaNN / exact{label} | | | | | | | "
-              + " | ".join(f"{s / e:.1f}x" for s, e in zip(qps, exact_qps)) + " |")
-    print(f"\n{os.cpu_count()} cores; K={args.k}, {args.queries} queries, {args.clusters} clusters, "
-          f"seed {args.seed}; ScaNN recall is measured at build time against numpy exact search.")
+        lines.append(f"| ratio ScaNN / exact{label} | | | | | | | "
+                     + " | ".join(f"{s / e:.1f}x" for s, e in zip(qps, exact_qps)) + " |")
+    vectors = (f"{args.clusters} clusters" if args.vectors == "clustered" else
+               f"item-tower embeddings of {args.model_dir} replicated with noise {args.noise} sd, eval users as queries")
+    lines.append(f"\n{os.cpu_count()} cores; K={args.k}, {args.queries} queries, {vectors}, "
+                 f"seed {args.seed}; ScaNN recall is measured at build time against numpy exact search.")
+    table = "\n".join(lines)
+    print(table)
     if args.json:
         rows = [{"index": "scann", "leaves": r["leaves"], "leaves_to_search": r["leaves_to_search"],
                  "recall": float(r["recall@k"]), "build_seconds": float(r["build_seconds"]),
@@ -130,7 +162,8 @@ def main(argv=None):
         rows.append({"index": "exact", "leaves": 0, "leaves_to_search": 0, "recall": float(exact_recall),
                      "build_seconds": float(exact_build),
                      "queries_per_second": {str(b): float(q) for b, q in zip(batches, exact_qps)}})
-        out = {"benchmark": "scann_vs_exact", "k": args.k, "items": args.items, "dim": args.dim,
+        out = {"benchmark": "scann_vs_exact", "vectors": args.vectors, "k": args.k, "items": args.items,
+               "dim": args.dim, "target_recall": args.target_recall,
                "queries": args.queries, "clusters": args.clusters, "seed": args.seed, "cores": os.cpu_count(),
                "reorder_multiplier": args.reorder_multiplier, "batch_sizes": batches, "results": rows}
         if os.path.dirname(args.json):
@@ -138,7 +171,41 @@ def main(argv=None):
         with open(args.json, "w", encoding="utf-8") as f:
             f.write(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.results:
+        from benchmarks import results as results_files
+
+        rows = [{"leaves": r["leaves"], "leaves_to_search": r["leaves_to_search"], "recall": float(r["recall@k"]),
+                 "tuning": r.get("tuning"), "queries_per_second": dict(zip(map(str, batches), map(float, q)))}
+                for (r, _), q in zip(scanns, scann_qps)]
+        path = results_files.save(args.results, table, {
+            "args": vars(args), "cores": os.cpu_count(), "scann": rows,
+            "exact": {"recall": float(exact_recall), "queries_per_second": dict(zip(map(str, batches),
+                                                                                    map(float, exact_qps)))}},
+            "benchmarks.scann_vs_exact", sys.argv[1:] if argv is None else argv)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def model_vectors(model_dir, data_dir, items, queries, noise, seed):
+    """(corpus [items, d], queries [q, d]): a trained model's item embeddings replicated with noise, and
+    its user embeddings of the eval rows (see the module docstring)."""
+    import numpy as np
+
+    from mdr_keras import training
+    from serving import export
+
+    model, spec, _ = training.load_model(model_dir)
+    base = np.concatenate(export.item_corpus(model, spec, data_dir)[1])
+    users = [q for q in export.user_queries(model, spec, data_dir, "eval", queries) if q is not None]
+    rng = np.random.default_rng(seed)
+    copies = rng.integers(0, len(base), size=max(0, items - len(base)))  # every real item once, then noisy copies
+    noisy = base[copies] + noise * base.std(axis=0) * rng.normal(size=(len(copies), base.shape[1]))
+    picked = np.concatenate([base[:items], noisy])
+    norms = np.linalg.norm(base, axis=1)
+    if np.allclose(norms, norms.mean(), rtol=1e-3):  # an L2-normalised tower: keep the replicas on its sphere
+        picked *= norms.mean() / np.linalg.norm(picked, axis=1, keepdims=True)
+    user = np.concatenate(users)[:queries].astype(np.float32)
+    return picked.astype(np.float32), user
 
 
 if __name__ == "__main__":

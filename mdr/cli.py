@@ -174,7 +174,8 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from serving import export, index
 
-    config = index.IndexConfig(num_neighbors=args.k, min_recall=args.min_recall)
+    config = index.IndexConfig(num_neighbors=args.k, min_recall=args.min_recall,
+                               target_recall=args.target_recall or None)
     report = export.export_models(args.retrieval_model_dir, args.ranker_model_dir, args.data, args.export_dir,
                                   version=args.version, index_config=config, k=args.k)
     print(export.format_report(report))
@@ -381,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("-k", type=int, default=100, help="candidates per retrieval request")
     x.add_argument("--min-recall", type=float, default=0.9,
                    help="ScaNN recall@K vs exact below which the export warns loudly")
+    x.add_argument("--target-recall", type=float, default=0.95,
+                   help="tune each domain's ScaNN tree to the fewest leaves searched (and candidates re-scored) "
+                        "reaching this recall@K vs exact on the eval users; 0: the fixed defaults")
 
     v = sub.add_parser("serve", formatter_class=_Help, help="the embedded model server (TF Serving's gRPC API) over an export")
     v.add_argument("--model-config-file", required=True, help="models.config written by `mdr export`")

@@ -102,6 +102,13 @@ class IndexConfig:
         brute_force_below: a domain with fewer items is scored by brute force (exact), as
             k-means partitioning needs enough points per leaf (ScaNN advises brute force below
             about 20k points).
+        target_recall: None, or the recall@K against exact search that each domain's tree is
+            tuned for at build time (when `leaves_to_search` is None): the tree is searched with
+            1, 2, 3, 4, 6, 9, 13, ... leaves (`tuning_grid`) on the evaluation queries, and the
+            smallest count reaching `target_recall` is kept. Where every leaf still falls short
+            (the hashing's error), the same again re-scoring 2, 4, then 8 times `reorder_multiplier
+            * K` candidates. The fewer leaves searched, the faster the query: the tuned count
+            replaces the fixed guess of `search_fraction` / `candidates_per_neighbor`.
     """
 
     num_neighbors: int = 100
@@ -117,6 +124,7 @@ class IndexConfig:
     min_recall: float = 0.9
     eval_queries: int = 1000
     brute_force_below: int = 20_000
+    target_recall: Optional[float] = None
 
     def __post_init__(self):
         def positive_int(name, value, allow_none=False, minimum=1):
@@ -149,6 +157,10 @@ class IndexConfig:
             raise ValueError(f"`min_recall` must be in [0, 1]. Received: min_recall={self.min_recall!r}")
         positive_int("eval_queries", self.eval_queries)
         positive_int("brute_force_below", self.brute_force_below, minimum=0)
+        if self.target_recall is not None and (not _is_real(self.target_recall)
+                                               or not 0.0 < self.target_recall <= 1.0):
+            raise ValueError(f"`target_recall` must be None or in (0, 1]. Received: "
+                             f"target_recall={self.target_recall!r}")
 
     def leaves_for(self, num_items: int) -> int:
         """Leaves of a tree over `num_items` points: `leaves`, or `round(sqrt(num_items))`."""
@@ -291,6 +303,8 @@ class BuildReport:
         build_seconds: seconds to train and serialize the searcher (not the recall check).
         brute_force: True when the domain is scored by brute force (fewer than
             `IndexConfig.brute_force_below` items).
+        tuning: `[(leaves searched, candidates re-scored, recall@K), ...]` measured while tuning
+            for `IndexConfig.target_recall` (empty without tuning); the last is the one kept.
     """
 
     items: int
@@ -300,12 +314,18 @@ class BuildReport:
     recall: float
     build_seconds: float
     brute_force: bool
+    tuning: Tuple[Tuple[int, int, float], ...] = ()
 
     def as_dict(self) -> dict:
-        """`{"items", "leaves", "leaves_to_search", "k", "recall@k", "build_seconds", "brute_force"}`."""
-        return {"items": self.items, "leaves": self.leaves, "leaves_to_search": self.leaves_to_search,
-                "k": self.k, "recall@k": round(self.recall, 4), "build_seconds": round(self.build_seconds, 3),
-                "brute_force": self.brute_force}
+        """`{"items", "leaves", "leaves_to_search", "k", "recall@k", "build_seconds", "brute_force"}`, and
+        when tuned `"reorder"` (candidates re-scored) and `"tuning"` (`[[leaves, reorder, recall@K], ...]`)."""
+        out = {"items": self.items, "leaves": self.leaves, "leaves_to_search": self.leaves_to_search,
+               "k": self.k, "recall@k": round(self.recall, 4), "build_seconds": round(self.build_seconds, 3),
+               "brute_force": self.brute_force}
+        if self.tuning:
+            out["reorder"] = self.tuning[-1][1]
+            out["tuning"] = [[n, m, round(r, 4)] for n, m, r in self.tuning]
+        return out
 
 
 class DomainIndex(tf.Module):
@@ -323,6 +343,10 @@ class DomainIndex(tf.Module):
         build_report: the `BuildReport` of the build, if any (a Python attribute, not saved).
         domain_name: the domain's name (any string; `tf.Module` names must be identifiers, so it
             is kept apart from the module name).
+        leaves_to_search: leaves searched per query, overriding the searcher's own (None: the
+            searcher's, as built); fixed in the graph when the index is traced.
+        pre_reorder_num_neighbors: candidates re-scored exactly, overriding the searcher's own
+            (None: as built), fixed the same way.
 
     Call arguments:
         queries: float32 `[B, d]` query embeddings.
@@ -333,7 +357,8 @@ class DomainIndex(tf.Module):
     """
 
     def __init__(self, state, ids, k: int, dimension: int, distance: str = "dot_product",
-                 build_report: Optional["BuildReport"] = None, domain_name: str = "domain"):
+                 build_report: Optional["BuildReport"] = None, domain_name: str = "domain",
+                 leaves_to_search: Optional[int] = None, pre_reorder_num_neighbors: Optional[int] = None):
         super().__init__(name="domain_index")
         _check_k(k)
         _check_distance(distance)
@@ -343,6 +368,8 @@ class DomainIndex(tf.Module):
         self.dimension = int(dimension)
         self.distance = distance
         self.domain_name = str(domain_name)
+        self.leaves_to_search = leaves_to_search
+        self.pre_reorder_num_neighbors = pre_reorder_num_neighbors
         self._searcher_node = f"scann_searcher_{uuid.uuid4().hex}"
         # Traced here: TF counts a method's traces over all instances in its calls, and a build of
         # many domains would then warn about "excessive retracing" of what is one trace each.
@@ -370,14 +397,19 @@ class DomainIndex(tf.Module):
                                           s.int8_dataset, s.int8_multipliers, s.dp_norms,
                                           name=self._searcher_node)
 
-    def search_positions(self, queries):
-        """`(scores [b, K], row positions [b, K])` of `queries` (graph or eager); position -1 pads."""
+    def search_positions(self, queries, leaves_to_search: Optional[int] = None,
+                         pre_reorder_num_neighbors: Optional[int] = None):
+        """`(scores [b, K], row positions [b, K])` of `queries` (graph or eager); position -1 pads.
+        `leaves_to_search` and `pre_reorder_num_neighbors` override the index's own for this search."""
         from scann.scann_ops.py import scann_ops
 
         searcher = scann_ops.ScannSearcher(self.searcher_handle())
         # Parallel over the queries of a batch; ScaNN runs small batches on the calling thread.
         result = searcher.search_batched_parallel(tf.convert_to_tensor(queries, tf.float32),
-                                                  final_num_neighbors=self.k)
+                                                  final_num_neighbors=self.k,
+                                                  pre_reorder_num_neighbors=(pre_reorder_num_neighbors
+                                                                             or self.pre_reorder_num_neighbors),
+                                                  leaves_to_search=leaves_to_search or self.leaves_to_search)
         return _pad_to_k(result.distances, result.indices, self.k, self.distance)
 
     def search(self, queries):
@@ -534,6 +566,15 @@ def sample_queries(embeddings: np.ndarray, num_queries: int, seed: int = 0) -> n
     return (embeddings[rows] + noise).astype(np.float32)
 
 
+def tuning_grid(leaves: int) -> List[int]:
+    """Leaves-to-search counts tried when tuning for a recall: 1, 2, 3, 4, 6, 9, 13, ... (x1.5), then `leaves`."""
+    out, n = [], 1
+    while n < leaves:
+        out.append(n)
+        n = max(n + 1, int(n * 1.5))
+    return out + [leaves]
+
+
 def build_domain_index(embeddings, ids, config: IndexConfig = IndexConfig(), queries=None, seed: int = 0,
                        name: str = "domain") -> DomainIndex:
     """Builds one domain's ScaNN index and measures its recall@K against exact search.
@@ -598,11 +639,30 @@ def build_domain_index(embeddings, ids, config: IndexConfig = IndexConfig(), que
     build_seconds = time.perf_counter() - start
 
     index = DomainIndex(state, ids, k=k, dimension=dim, distance=config.distance, domain_name=name)
-    _, found = index.search_positions(queries)
     _, exact = exact_top_k(embeddings, queries, k, config.distance)
-    recall = recall_at_k(found.numpy(), exact)
+    tuning = []
+    if not brute_force and config.target_recall is not None and config.leaves_to_search is None:
+        # The fewest leaves reaching the target with the configured reordering; where even every leaf
+        # falls short (the hashing's error), twice, four and eight times the candidates re-scored.
+        base = k * config.reorder_multiplier
+        for reorder in ([base, 2 * base, 4 * base, 8 * base] if base else [0]):
+            for tried in tuning_grid(leaves):
+                _, found = index.search_positions(queries, leaves_to_search=tried,
+                                                  pre_reorder_num_neighbors=reorder or None)
+                tuning.append((tried, reorder, recall_at_k(found.numpy(), exact)))
+                if tuning[-1][2] >= config.target_recall:
+                    break
+            if tuning[-1][2] >= config.target_recall:
+                break
+        leaves_to_search, reorder, recall = tuning[-1]
+        index.leaves_to_search = leaves_to_search
+        index.pre_reorder_num_neighbors = reorder or None
+    else:
+        _, found = index.search_positions(queries)
+        recall = recall_at_k(found.numpy(), exact)
     index.build_report = BuildReport(items=n, leaves=leaves, leaves_to_search=leaves_to_search, k=k,
-                                     recall=recall, build_seconds=build_seconds, brute_force=brute_force)
+                                     recall=recall, build_seconds=build_seconds, brute_force=brute_force,
+                                     tuning=tuple(tuning))
     if recall < config.min_recall:
         logger.warning("LOW RECALL: domain %r recall@%d = %.3f < min_recall %.2f (items=%d, leaves=%d, "
                        "leaves_to_search=%d); raise leaves_to_search or reorder_multiplier",

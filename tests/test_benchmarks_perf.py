@@ -95,3 +95,20 @@ def test_stage_memory_runs_every_stage(tmp_path, capsys):
     assert number(rows["generate"][1]) < 0.6 * number(rows["train adi"][1])
     assert [r["stage"] for r in json.loads(out.read_text())["stages"]] == stages
     assert "recommendations for user" in (tmp_path / "work" / "logs" / "recommend.out").read_text()
+
+
+def test_scann_vs_exact_on_a_trained_models_vectors_with_a_tuned_index(tiny_models, tmp_path, capsys):
+    from benchmarks import scann_vs_exact
+
+    data_dir, retrieval_dir, _ = tiny_models
+    out = tmp_path / "scann.json"
+    assert scann_vs_exact.main(["--vectors", "model", "--model-dir", retrieval_dir, "--data", data_dir,
+                                "--items", "25000", "--k", "10", "--queries", "100", "--batch-sizes", "8",
+                                "--max-seconds", "1", "--target-recall", "0.9", "--json", str(out)]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    tuned = [cells for name, cells in rows.items() if name.startswith("ScaNN (tuned for recall 0.9")]
+    assert len(tuned) == 1 and number(tuned[0][4]) >= 0.9, rows  # recall@K of the tuned index
+    assert int(tuned[0][1]) == 8  # the tiny model's embedding size, not --dim
+    saved = json.loads(out.read_text())
+    assert saved["vectors"] == "model" and saved["target_recall"] == 0.9 and len(saved["results"]) == 3
+    assert all(r["queries_per_second"]["8"] > 0 for r in saved["results"])

@@ -174,7 +174,7 @@ def test_built_report_has_scaled_leaves(built):
     {"dimensions_per_block": 0}, {"anisotropic_quantization_threshold": "0.2"}, {"reorder_multiplier": -1},
     {"training_sample_size": 0}, {"candidates_per_neighbor": -1}, {"distance": "cosine"},
     {"min_recall": 1.5}, {"eval_queries": 0},
-    {"brute_force_below": -1}, {"num_neighbors": True},
+    {"brute_force_below": -1}, {"num_neighbors": True}, {"target_recall": 0.0}, {"target_recall": 1.5},
 ])
 def test_config_value_errors(kwargs):
     with pytest.raises(ValueError, match=list(kwargs)[-1]):
@@ -200,6 +200,43 @@ def test_build_value_errors(corpus):
         ix.build_multi_domain_index([e, e], [i, i], domain_names=["x", "x"])
     with pytest.raises(ValueError, match="domains"):
         ix.MultiDomainIndex([])
+
+
+def test_tuning_grid():
+    assert ix.tuning_grid(1) == [1]
+    assert ix.tuning_grid(10) == [1, 2, 3, 4, 6, 9, 10]
+    assert ix.tuning_grid(173)[:8] == [1, 2, 3, 4, 6, 9, 13, 19] and ix.tuning_grid(173)[-1] == 173
+
+
+@pytest.mark.parametrize("target", [0.8, 0.99])
+def test_a_tuned_tree_searches_the_fewest_leaves_reaching_its_target_recall(corpus, tmp_path, target):
+    # With 2 K candidates re-scored, even every leaf gives ~0.81: 0.99 needs more re-scored (x2, x4, x8).
+    embeddings, ids = corpus
+    config = ix.IndexConfig(num_neighbors=K, eval_queries=300, target_recall=target, reorder_multiplier=2)
+    tuned = ix.build_domain_index(embeddings[0], ids[0], config, name="a")
+    report = tuned.report
+    grid = ix.tuning_grid(report["leaves"])
+    for reorder in sorted({m for _, m, _ in report["tuning"]}):
+        tried = [n for n, m, _ in report["tuning"] if m == reorder]
+        assert tried == grid[:len(tried)]  # in order, stopping at the first hit
+    reorders = [m for _, m, _ in report["tuning"]]
+    assert reorders == sorted(reorders) and set(reorders) <= {2 * K, 4 * K, 8 * K, 16 * K}
+    assert report["tuning"][-1][2] >= target > max([r for _, _, r in report["tuning"][:-1]], default=0.0)
+    assert report["leaves_to_search"] == tuned.leaves_to_search == report["tuning"][-1][0] < report["leaves"]
+    assert report["reorder"] == tuned.pre_reorder_num_neighbors == report["tuning"][-1][1]
+    assert report["recall@k"] == report["tuning"][-1][2]
+    if target == 0.99:
+        assert report["reorder"] > 2 * K
+    # The searches use the tuned values, in process and from the saved graph.
+    queries = ix.sample_queries(embeddings[0], 300, seed=0)
+    _, exact = ix.exact_top_k(embeddings[0], queries, K)
+    assert ix.recall_at_k(tuned.search_positions(queries)[1].numpy(), exact) == pytest.approx(
+        report["recall@k"], abs=1e-4)
+    index = ix.MultiDomainIndex([tuned])
+    ix.save_index(index, str(tmp_path / "tuned"))
+    domain = np.zeros(len(queries), np.int64)
+    np.testing.assert_array_equal(ix.load_index(str(tmp_path / "tuned"))(queries, domain)[1].numpy(),
+                                  index(queries, domain)[1].numpy())
 
 
 def test_low_recall_is_logged(corpus, caplog):
