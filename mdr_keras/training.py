@@ -262,6 +262,23 @@ class _EpochTimer(keras.callbacks.Callback):
             logs["epoch_seconds"] = time.perf_counter() - self._start
 
 
+class _EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' early stopping, saying once in one line (not a TensorFlow warning per epoch) when the
+    validation split gave no metric: a holdout of a tiny train split can hold no row."""
+
+    def __init__(self, validation: str, **kwargs):
+        super().__init__(**kwargs)
+        self.validation, self._said = validation, False
+
+    def get_monitor_value(self, logs):
+        value = (logs or {}).get(self.monitor)
+        if value is None and not self._said:
+            self._said = True
+            print(f"early stopping off: the validation split ({self.validation}) gave no {self.monitor} "
+                  "(no rows, or one class only); every epoch runs", flush=True)
+        return value
+
+
 class _StepsProgbar(keras.callbacks.ProgbarLogger):
     """Keras' progress bar, with the epoch's steps known in the first epoch too.
 
@@ -400,8 +417,8 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
         if eval_ds is not None:  # before the logger and early stopping, which read what it adds
             callbacks.insert(1, ValidationRecall(data_dir, validation, RETRIEVAL_MONITOR_K))
     if config.patience and eval_ds is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=config.patience,
-                                                       restore_best_weights=True))
+        callbacks.append(_EarlyStopping(validation, monitor=monitor, mode="max", patience=config.patience,
+                                        restore_best_weights=True))
     callbacks += list(extra_callbacks)
     params = trainable_parameters(model)
     if verbose:
