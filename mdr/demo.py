@@ -6,7 +6,7 @@ recommendations over gRPC for a user of every domain. Every artifact lands under
 
     OUTPUT/raw/      the synthetic logs (synthetic source only)
     OUTPUT/data/     the Beam job's output, its feature store included
-    OUTPUT/models/   adi/ and ranker/ model folders
+    OUTPUT/models/   adi/ and ranker/ model folders, and their baselines dnn-retrieval/ and dnn-ranking/
     OUTPUT/export/   TF Serving's layout (SavedModels, models.config, batching.config)
     OUTPUT/report/   index.html and its PNGs
 """
@@ -140,17 +140,26 @@ def _models_and_serving(config: DemoConfig, data_dir: str) -> int:
 
     out = config.output
     models = os.path.join(out, MODELS)
+    # Each model beside a baseline trained the same way (the domain-blind DNN; a plain DNN ranker), so its
+    # numbers can be judged: the report puts them side by side per domain.
     runs = [(3, "adi", "retrieval", config.retrieval_epochs), (4, "ranker", "ranking", config.ranker_epochs)]
     for n, model, task, epochs in runs:
-        model_dir = os.path.join(models, model)
-        _stage(n, f"training {model} ({task}, {epochs} epoch(s)) -> {model_dir}")
-        if os.path.isdir(model_dir):
-            shutil.rmtree(model_dir)  # a demo run starts fresh, never resumes an older one
-        train_config = training.TrainConfig(model=model, task=task, epochs=epochs, batch_size=512, patience=0,
-                                            learning_rate=2e-3, seed=config.seed)
-        summary = training.train(data_dir, model_dir, train_config, verbose=0, callbacks=[_epoch_lines(epochs)])
-        print(f"      {summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s", flush=True)
-        print(training.format_metrics(training.evaluate(model_dir, data_dir, "eval", ks=(10, 50))))
+        _stage(n, f"training {model} ({task}, {epochs} epoch(s)) and its baseline dnn -> {models}")
+        metrics = {}
+        for name, folder in (("dnn", f"dnn-{task}"), (model, model)):
+            model_dir = os.path.join(models, folder)
+            if os.path.isdir(model_dir):
+                shutil.rmtree(model_dir)  # a demo run starts fresh, never resumes an older one
+            train_config = training.TrainConfig(model=name, task=task, epochs=epochs, batch_size=512, patience=0,
+                                                learning_rate=2e-3, seed=config.seed)
+            print(f"      {folder}:", flush=True)
+            summary = training.train(data_dir, model_dir, train_config, verbose=0, callbacks=[_epoch_lines(epochs)])
+            print(f"      {summary['parameters']:,} parameters, {summary['train_seconds']:.0f} s", flush=True)
+            metrics[name] = training.evaluate(model_dir, data_dir, "eval", ks=(10, 50))
+        print(training.format_metrics(metrics[model], baseline=metrics["dnn"]))
+        key = "recall@50" if task == "retrieval" else "auc"
+        ours, base = metrics[model]["overall"][key], metrics["dnn"]["overall"][key]
+        print(f"      overall {key}: {model} {ours:.4f}, baseline dnn {base:.4f} ({ours - base:+.4f})", flush=True)
 
     from serving import client as serving_client
     from serving import export, index, server

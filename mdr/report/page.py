@@ -3,16 +3,21 @@
 The page (`RUN_DIR/report/index.html` by default, its PNGs beside it, referenced relatively; no
 JavaScript, no external resources) has a section per view, each with a plot and the numbers:
 
+  0. A summary: per task, the headline metric (Recall@50, AUC) per domain and overall of every model,
+     and each model's overall difference from the task's baseline (`views.BASELINES`: the
+     domain-blind / plain DNN when the run has one).
   1. Per-domain metrics of every model folder found under the run folder (any folder with a
      `train_config.json`, as `mdr train` writes), grouped by task: grouped bars (domains on x, one
-     bar per model) of Recall@K for retrieval, AUC and logloss for ranking, and tables.
-  2. Training curves from each `history.csv` (train solid, validation dashed).
+     bar per model) of Recall@K for retrieval, AUC and logloss for ranking, and one table per metric
+     with each model's difference from the baseline per domain.
+  2. Training curves from each `history.csv` of 2 epochs or more (train solid, validation dashed),
+     and the last epoch's values of every run.
   3. ADI's domain interest adaptation weights per domain (ADI Fig. 5): the eval records through
      each ADI model, the weights of every adaptation instance (per tower and placement) averaged
-     per field and per domain; a heatmap domains x fields.
+     per field and per domain; a heatmap domains x fields, coloured around the mean weight.
   4. D3's feature-selection attention per domain (D3 Fig. 4): the DSFS attention each field
      *receives* (the mean over the query fields of `A[:, i, j]`, so a row sums to 1), averaged
-     per domain; a heatmap domains x fields.
+     per domain; a heatmap domains x fields, coloured around the uniform weight 1/N.
   5. The ScaNN recall / throughput curve from a `scann_vs_exact.json` under the run folder
      (`python -m benchmarks.scann_vs_exact --json ...`), and the per-domain recall of the ScaNN
      index of every export (`export_report_v<N>.json`).
@@ -130,6 +135,40 @@ def _models_table(runs: List[ModelRun]) -> str:
     return _table(["folder", "model", "task", "parameters", "epochs", "train s", "evaluated on"], rows)
 
 
+def _delta(value: float, base: float) -> str:
+    if not (np.isfinite(value) and np.isfinite(base)):
+        return "n/a"
+    return f"{value - base:+.4f}"
+
+
+def _summary_section(page: _Page, by_task) -> None:
+    """One table per task: the headline metric per domain and overall, each model against the baseline."""
+    for task, runs in by_task.items():
+        evaluated = [r for r in runs if r.metrics is not None]
+        metric = views.headline_metric(evaluated, task)
+        if not evaluated or metric is None:
+            page.add(_missing(f"no evaluated {task} model", "run `mdr evaluate --model-dir MODEL --data DATA_DIR`"))
+            continue
+        base = views.baseline_of(evaluated, task)
+        groups = views.metric_groups(evaluated)
+        header = ["model"] + [f"{g} {metric}" for g in groups]
+        if base is not None:
+            header += [f"overall vs {base.label}"]
+        rows = []
+        for r in sorted(evaluated, key=lambda r: r is base):  # the baseline last, the row the others beat
+            row = [r.label + (" (baseline)" if r is base else "")] + [views.metric_value(r, g, metric) for g in groups]
+            if base is not None:
+                row.append("" if r is base else _delta(views.metric_value(r, "overall", metric),
+                                                       views.metric_value(base, "overall", metric)))
+            rows.append(row)
+        page.add(f"<h3>{_e(task)}: {_e(metric)}</h3>")
+        page.add(_table(header, rows))
+        if base is None:
+            page.add(_missing(f"no baseline among the {task} models ({', '.join(views.BASELINES[task])})",
+                              f"train one beside them, e.g. `mdr train --model {views.BASELINES[task][0]} "
+                              f"--task {task}`, and evaluate it"))
+
+
 def _metrics_section(page: _Page, task: str, runs: List[ModelRun]):
     evaluated = [r for r in runs if r.metrics is not None]
     for r in runs:
@@ -142,24 +181,29 @@ def _metrics_section(page: _Page, task: str, runs: List[ModelRun]):
     if not metrics:
         page.add(_missing(f"the {task} {artifacts.METRICS} files hold no "
                           f"{'recall@K' if task == 'retrieval' else 'auc / logloss'}"))
-    else:
-        path = plots.plot_metric_bars(evaluated, metrics, page.png(f"metrics_{task}"), f"{task} models")
-        page.image(path, f"{task}: {', '.join(metrics)} per domain and model")
-        groups = views.metric_groups(evaluated)
-        for metric in metrics:
-            page.add(f"<h3>{_e(metric)}</h3>")
-            page.add(_table(["domain"] + [r.label for r in evaluated],
-                            [[g] + [views.metric_value(r, g, metric) for r in evaluated] for g in groups]))
-    page.add("<h3>all metrics</h3>")
-    for r in evaluated:
-        rows = dict(r.metrics["per_domain"])
-        rows["overall"] = r.metrics["overall"]
-        columns = []
-        for v in rows.values():
-            columns += [k for k in v if k not in columns]
-        page.add(f"<p>{_e(r.label)} ({_e(r.model)}) on split {_e(r.metrics.get('split', '?'))}</p>")
-        page.add(_table(["domain"] + columns, [[d] + [v.get(c, float('nan')) for c in columns]
-                                               for d, v in rows.items()]))
+        return
+    path = plots.plot_metric_bars(evaluated, metrics, page.png(f"metrics_{task}"), f"{task} models")
+    page.image(path, f"{task}: {', '.join(metrics)} per domain and model")
+    base = views.baseline_of(evaluated, task)
+    others = [r for r in evaluated if r is not base]
+    groups = views.metric_groups(evaluated)
+    splits = sorted({str(r.metrics.get("split", "?")) for r in evaluated})
+    page.add(f'<p class="meta">on split {_e(", ".join(splits))}'
+             + (f"; differences are each model minus the baseline {_e(base.label)} ({_e(base.model)})"
+                if base is not None else "") + "</p>")
+    for metric in metrics:
+        header = ["domain"] + [r.label for r in others] + ([base.label + " (baseline)"] if base else [])
+        if base is not None:
+            header += [f"{r.label} - {base.label}" for r in others]
+        rows = []
+        for g in groups:
+            row = [g] + [views.metric_value(r, g, metric) for r in others]
+            if base is not None:
+                b = views.metric_value(base, g, metric)
+                row += [b] + [_delta(views.metric_value(r, g, metric), b) for r in others]
+            rows.append(row)
+        page.add(f"<h4>{_e(metric)}</h4>")
+        page.add(_table(header, rows))
 
 
 def _curves_section(page: _Page, task: str, runs: List[ModelRun]):
@@ -169,8 +213,13 @@ def _curves_section(page: _Page, task: str, runs: List[ModelRun]):
             page.add(_missing(f"{r.label} has no {artifacts.HISTORY}", "`mdr train` writes it while training"))
     if not with_history:
         return
-    path = plots.plot_training_curves(with_history, page.png(f"curves_{task}"), f"{task}")
-    page.image(path, f"{task} training curves")
+    curves = [r for r in with_history if len(r.history["epoch"]) >= 2]  # one epoch is a point, not a curve
+    if curves:
+        path = plots.plot_training_curves(curves, page.png(f"curves_{task}"), f"{task}")
+        page.image(path, f"{task} training curves")
+    short = [r.label for r in with_history if r not in curves]
+    if short:
+        page.add(f'<p class="meta">{_e(", ".join(short))}: one epoch, no curve (its values are in the table)</p>')
     rows = []
     columns = sorted({c for r in with_history for c in r.history if c != "epoch"},
                      key=lambda c: (c.startswith("val_"), c))
@@ -196,7 +245,14 @@ def _attention_section(page: _Page, runs: List[ModelRun], run_dir: str, data_dir
         page.add(_missing(f"no {task} model in the run folder",
                           f"train one with `mdr train --model {'adi' if kind == 'adi' else 'ranker'}`"))
         return
-    for run in candidates:
+    # Models of other families (the baselines) have no such layer by design: named once, not "not available".
+    others = [r for r in candidates if (r.model != "adi" if kind == "adi" else not (
+        r.model in D3_RANKERS or r.model.startswith("ranker")
+        or (r.config.get("model_config") or {}).get("d3_head")))]
+    if others:
+        page.add(f'<p class="meta">without {"a domain interest adaptation layer" if kind == "adi" else "DSFS"} '
+                 f'by design: {_e(", ".join(f"{r.label} ({r.model})" for r in others))}</p>')
+    for run in [r for r in candidates if r not in others]:
         page.add(f"<h3>{_e(run.label)} ({_e(run.model)})</h3>")
         model_config = run.config.get("model_config") or {}
         if kind == "adi" and (run.model != "adi" or model_config.get("attention", "se") is None):
@@ -231,11 +287,15 @@ def _attention_of(page: _Page, run: ModelRun, folder: str, max_examples: int, ki
             return
         panels = [(f"{run.label}: {tower} tower, {key} (mean weight per field)", names, matrix)
                   for (tower, key), (names, matrix) in found.items()]
+        # No uniform weight for sigmoid gates: the scale is anchored at the panel's mean weight.
+        centers = [float(np.nanmean(matrix)) for _, _, matrix in panels]
         path = plots.plot_heatmaps(panels, domains, page.png(f"adi_attention_{run.label}"),
-                                   "mean adaptation weight")
+                                   "mean adaptation weight", centers=centers)
         page.image(path, f"ADI domain attention of {run.label}")
         page.add(f'<p class="meta">ADI Fig. 5: the domain interest adaptation weight of each field, averaged over '
-                 f'{_e(source)} per domain (rows per domain: {_e(_counts_text(domains, counts))}).</p>')
+                 f'{_e(source)} per domain (rows per domain: {_e(_counts_text(domains, counts))}). Colours: '
+                 f'above (red) or below (blue) the panel\'s mean weight; the scale spans at least a quarter of '
+                 f'that mean each way, so a map that stays pale has no field preference.</p>')
         for title, names, matrix in panels:
             page.add(f"<p>{_e(title)}</p>")
             page.add(_table(["domain"] + names, [[d] + list(row) for d, row in zip(domains, matrix)]))
@@ -245,12 +305,16 @@ def _attention_of(page: _Page, run: ModelRun, folder: str, max_examples: int, ki
             page.add(_missing(f"{run.label} ({run.model}) has no DSFS feature selection", _NO_DSFS_HOW))
             return
         names, matrix = found
+        uniform = 1.0 / len(names)
         path = plots.plot_heatmaps([(f"{run.label}: attention received per field (D3 DSFS)", names, matrix)],
-                                   domains, page.png(f"d3_attention_{run.label}"), "mean attention received")
+                                   domains, page.png(f"d3_attention_{run.label}"), "mean attention received",
+                                   centers=[uniform])
         page.image(path, f"D3 feature-selection attention of {run.label}")
         page.add(f'<p class="meta">D3 Fig. 4: the DSFS self-attention each field receives (mean over the query '
-                 f'fields; a row sums to 1, uniform = {1.0 / len(names):.3f}), averaged over {_e(source)} per '
-                 f'domain (rows per domain: {_e(_counts_text(domains, counts))}).</p>')
+                 f'fields; a row sums to 1, uniform = {uniform:.3f}), averaged over {_e(source)} per '
+                 f'domain (rows per domain: {_e(_counts_text(domains, counts))}). Colours: above (red) or below '
+                 f'(blue) the uniform weight, the scale spanning at least a quarter of it each way: a pale map '
+                 f'is a near-uniform attention.</p>')
         page.add(_table(["domain"] + names, [[d] + list(row) for d, row in zip(domains, matrix)]))
 
 
@@ -298,10 +362,10 @@ def _export_section(page: _Page, run_dir: str, out_dir: str):
         page.image(plots.plot_index_recall(report, page.png(f"index_{rel}"),
                                            f"ScaNN index recall vs exact, export v{report.get('version', '?')}"),
                    "per-domain index recall")
-        rows = [[d, r.get("items"), r.get("leaves"), r.get("leaves_to_search"), r.get("k"), r.get("recall@k"),
-                 r.get("build_seconds"), "yes" if r.get("brute_force") else "no"] for d, r in report["index"].items()]
-        page.add(_table(["domain", "items", "leaves", "leaves searched", "k", "recall@k", "build s", "brute force"],
-                        rows))
+        rows = [[d, r.get("items"), r.get("leaves"), r.get("leaves_to_search"), r.get("k"),
+                 "exact (brute force)" if r.get("brute_force") else r.get("recall@k"), r.get("build_seconds")]
+                for d, r in report["index"].items()]
+        page.add(_table(["domain", "items", "leaves", "leaves searched", "k", "recall@k vs exact", "build s"], rows))
         if report.get("low_recall"):
             page.add(f'<p class="na">low recall in domains {_e(", ".join(map(str, report["low_recall"])))}</p>')
 
@@ -328,6 +392,8 @@ def build_report(run_dir: str, output_dir: Optional[str] = None, data_dir: Optio
         raise ValueError(f"`max_examples` must be >= 1. Received: max_examples={max_examples!r}")
     out_dir = output_dir or os.path.join(run_dir, REPORT_DIRNAME)
     runs = [r for r in (load_model_run(p, run_dir) for p in find_model_dirs(run_dir, skip=[out_dir])) if r]
+    for r, label in zip(runs, views.short_labels([r.label for r in runs])):
+        r.label = label  # 'adi', not 'models/adi', in legends and tables
     if not runs:
         raise ValueError(f"{run_dir} holds no model folder (a folder with a {artifacts.TRAIN_CONFIG}, as `mdr train` "
                          f"writes; `mdr evaluate` adds its {artifacts.METRICS})")
@@ -340,6 +406,9 @@ def build_report(run_dir: str, output_dir: Optional[str] = None, data_dir: Optio
     page.add(f"<h1>mdr run report: {_e(name)}</h1>")
     page.add(f'<p class="meta">run folder {_e(os.path.abspath(run_dir))}; generated '
              f'{_e(datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))}; {len(runs)} model folder(s)</p>')
+    page.add('<h2 id="summary">Summary</h2>')
+    page.attempt("summary", _summary_section, page, by_task)
+    page.add('<h3 id="models">model folders</h3>')
     page.add(_models_table(runs))
     page.add("<h2>1. Per-domain metrics</h2>")
     for t in tasks:

@@ -107,18 +107,34 @@ def plot_training_curves(runs: Sequence[ModelRun], path: str, title: str) -> str
     return _save(fig, path)
 
 
+def anchored_limits(matrix, center: float, floor: float) -> Tuple[float, float]:
+    """Colour limits `center -+ max(largest deviation, floor)`: a diverging scale anchored at `center`, on
+    which deviations well under `floor` stay pale instead of spanning the whole scale."""
+    deviation = np.nanmax(np.abs(np.asarray(matrix, dtype=float) - center)) if np.isfinite(matrix).any() else 0.0
+    half = max(float(deviation), float(floor), 1e-12)
+    return center - half, center + half
+
+
 def plot_heatmaps(panels: Sequence[Tuple[str, List[str], np.ndarray]], domains: Sequence[str], path: str,
-                  colorbar_label: str) -> str:
+                  colorbar_label: str, centers: Sequence[float] = (), floor_fraction: float = 0.25) -> str:
     """One heatmap per panel `(title, field names, [D, N] matrix)`: domains as rows, fields as columns,
-    the values written in the cells when they fit; a domain without rows is blank."""
+    the values written in the cells when they fit; a domain without rows is blank.
+
+    With `centers` (one per panel: the weight of no preference, e.g. 1/N for a softmax over N fields),
+    the colours are a diverging scale anchored there (`anchored_limits`, floor `floor_fraction` of the
+    center): white is no preference, and noise around it stays pale."""
     width = max(6.0, 0.55 * max(len(p[1]) for p in panels) + 3.0)
     heights = [0.45 * len(domains) + 2.6 for _ in panels]
     fig = _figure(width, sum(heights))
     axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
-    for ax, (title, fields, matrix) in zip(axes, panels):
+    for i, (ax, (title, fields, matrix)) in enumerate(zip(axes, panels)):
         matrix = np.asarray(matrix, dtype=float)
         masked = np.ma.masked_invalid(matrix)
-        image = ax.imshow(masked, aspect="auto", cmap="viridis", interpolation="nearest")
+        if i < len(centers):
+            lo, hi = anchored_limits(matrix, centers[i], floor_fraction * abs(centers[i]))
+            image = ax.imshow(masked, aspect="auto", cmap="RdBu_r", vmin=lo, vmax=hi, interpolation="nearest")
+        else:
+            image = ax.imshow(masked, aspect="auto", cmap="viridis", interpolation="nearest")
         ax.set_xticks(np.arange(len(fields)))
         ax.set_xticklabels(fields, rotation=60, ha="right", fontsize=8)
         ax.set_yticks(np.arange(len(domains)))
@@ -131,8 +147,13 @@ def plot_heatmaps(panels: Sequence[Tuple[str, List[str], np.ndarray]], domains: 
             digits = _digits(hi - lo)
             for (d, j), v in np.ndenumerate(matrix):
                 if np.isfinite(v):
+                    if i < len(centers):  # dark text on the pale middle of a diverging scale
+                        vmin, vmax = image.get_clim()
+                        dark = abs(v - centers[i]) < 0.6 * (vmax - vmin) / 2
+                    else:
+                        dark = v > mid
                     ax.text(j, d, f"{v:.{digits}f}", ha="center", va="center", fontsize=7 if digits < 4 else 6,
-                            color="black" if v > mid else "white")
+                            color="black" if dark else "white")
         fig.colorbar(image, ax=ax, label=colorbar_label, fraction=0.03, pad=0.02)
     fig.tight_layout()
     return _save(fig, path)
@@ -179,9 +200,11 @@ def plot_index_recall(report: dict, path: str, title: str) -> str:
     ax = fig.subplots()
     bars = ax.bar(np.arange(len(domains)), np.nan_to_num(values), 0.6, color=_colors(1)[0])
     for rect, v, d in zip(bars, values, domains):
-        note = " (exact)" if index[d].get("brute_force") else ""
-        ax.text(rect.get_x() + rect.get_width() / 2, rect.get_height(), f"{v:.3f}{note}", ha="center",
-                va="bottom", fontsize=7)
+        if index[d].get("brute_force"):  # exact search: nothing to measure, not a ScaNN result
+            rect.set_hatch("//")
+            rect.set_alpha(0.4)
+        label = "exact (brute force)" if index[d].get("brute_force") else f"{v:.3f}"
+        ax.text(rect.get_x() + rect.get_width() / 2, rect.get_height(), label, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(np.arange(len(domains)))
     ax.set_xticklabels(domains)
     ks = sorted({index[d].get("k") for d in domains if index[d].get("k") is not None})

@@ -42,6 +42,34 @@ def metric_names(runs: Sequence[ModelRun], task: str) -> List[str]:
     return [m for m in ("auc", "logloss") if any(m in (r.metrics or {}).get("overall", {}) for r in runs)]
 
 
+# The models a run's others are compared with, per task, in order of preference: domain-blind or plain ones.
+BASELINES = {"retrieval": ("dnn", "dnn-single", "dnn-domain"), "ranking": ("dnn", "din")}
+
+
+def baseline_of(runs: Sequence[ModelRun], task: str) -> Optional[ModelRun]:
+    """The evaluated run of `task` the others are compared with: the first of `BASELINES[task]` present."""
+    evaluated = [r for r in runs if r.task == task and r.metrics is not None]
+    for name in BASELINES.get(task, ()):
+        for r in evaluated:
+            if r.model == name:
+                return r
+    return None
+
+
+def headline_metric(runs: Sequence[ModelRun], task: str) -> Optional[str]:
+    """The summary's metric: recall@50 (else the first Recall@K) for retrieval, AUC for ranking."""
+    names = metric_names([r for r in runs if r.metrics is not None], task)
+    return names[0] if names else None
+
+
+def short_labels(labels: Sequence[str]) -> List[str]:
+    """Model folder names without their shared parent folders ('models/adi' -> 'adi') when still unique."""
+    import os
+
+    short = [os.path.basename(label.rstrip("/")) or label for label in labels]
+    return short if len(set(short)) == len(short) else list(labels)
+
+
 def metric_groups(runs: Sequence[ModelRun]) -> List[str]:
     """The rows of a metrics table: every domain of the evaluated runs' metrics, in order met, then 'overall'."""
     domains = []

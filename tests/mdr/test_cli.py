@@ -146,7 +146,11 @@ def test_demo_runs_every_stage_and_answers_over_grpc(demo_run):
     assert "feature store for query time (written by the Beam job)" in printed
     assert glob.glob(os.path.join(out, "data", "store", "*.tfrecord.gz"))
     page = open(os.path.join(out, "report", "index.html"), encoding="utf-8").read()
-    assert "models/adi" in page and "models/ranker" in page and ".png" in page
+    assert ".png" in page and 'id="summary"' in page
+    for model, baseline in (("adi", "dnn-retrieval"), ("ranker", "dnn-ranking")):  # each beside its baseline
+        assert f"<td>{baseline} (baseline)</td>" in page and f"{model} - {baseline}" in page
+        assert "baseline dnn" in printed
+    assert os.path.isdir(os.path.join(out, "export", "recommender", "1"))
 
 
 def test_serve_then_query_and_recommend_from_other_processes(demo_run):

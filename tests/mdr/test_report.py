@@ -14,15 +14,23 @@ from mdr_contract.feature_spec import FeatureSpec
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _metrics(task, domains, data_dir):
+def _metrics(task, domains, data_dir, scale=1.0):
     """A metrics.json of the shape `mdr evaluate` writes (numbers made up: only the report reads them)."""
     if task == "retrieval":
         row = lambda r: {"queries": 10, "corpus": 20, "recall@10": r, "recall@50": min(1.0, 2 * r)}  # noqa: E731
     else:
         row = lambda r: {"auc": 0.5 + r / 2, "logloss": 0.7 - r / 4, "rows": 30, "ctr": 0.3}  # noqa: E731
-    per_domain = {d: row(0.1 * (i + 1)) for i, d in enumerate(domains)}
+    per_domain = {d: row(scale * 0.1 * (i + 1)) for i, d in enumerate(domains)}
     return {"model": "adi" if task == "retrieval" else "ranker", "task": task, "split": "eval", "data": data_dir,
-            "per_domain": per_domain, "overall": row(0.2)}
+            "per_domain": per_domain, "overall": row(scale * 0.2)}
+
+
+def _second_epoch(model_dir):
+    """history.csv with its one epoch written twice (epochs 0 and 1): a curve needs two points."""
+    path = os.path.join(model_dir, "history.csv")
+    lines = open(path).read().splitlines()
+    with open(path, "a") as f:
+        f.write("1" + lines[1][lines[1].index(","):] + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +45,15 @@ def run(tiny_models, tmp_path_factory):
         shutil.copytree(src, dest)
         with open(os.path.join(dest, "metrics.json"), "w") as f:
             json.dump(_metrics(task, domains, data_dir), f)
+        _second_epoch(dest)
+        # its baseline, as `mdr demo` trains one: a plain dnn (its numbers: half the model's gain over 0)
+        base = os.path.join(root, "models", f"dnn-{task}")
+        shutil.copytree(src, base)
+        config = json.load(open(os.path.join(base, "train_config.json")))
+        with open(os.path.join(base, "train_config.json"), "w") as f:
+            json.dump({**config, "model": "dnn", "model_config": {}}, f)
+        with open(os.path.join(base, "metrics.json"), "w") as f:
+            json.dump({**_metrics(task, domains, data_dir, scale=0.5), "model": "dnn"}, f)
     os.makedirs(os.path.join(root, "bench"))
     with open(os.path.join(root, "bench", report.SCANN_JSON), "w") as f:
         json.dump({"k": 100, "items": 5000, "dim": 32, "cores": 2, "batch_sizes": [1, 64], "results": [
@@ -70,7 +87,7 @@ def test_page_references_valid_pngs_of_every_section(run):
         assert head == PNG_MAGIC and os.path.getsize(path) > 1000, src
     names = " ".join(sources)
     for expected in ("metrics_retrieval", "metrics_ranking", "curves_retrieval", "curves_ranking",
-                     "adi_attention_models_adi", "d3_attention_models_ranker", "scann_bench_scann_vs_exact",
+                     "adi_attention_adi", "d3_attention_ranker", "scann_bench_scann_vs_exact",
                      "index_export_export_report_v2"):
         assert expected in names, (expected, sources)
     assert "index_export_export_report_v1" not in names
@@ -78,6 +95,35 @@ def test_page_references_valid_pngs_of_every_section(run):
     assert "not available" not in text, re.findall(r'class="na">([^<]*)', text)
     assert f"mdr run report: {os.path.basename(root)}" in text
     assert "<td>0.9500</td>" in text  # the v2 export's index recall, in a table
+
+
+def _cells(table_html):
+    return [re.findall(r"<t[dh]>([^<]*)</t[dh]>", row) for row in re.findall(r"<tr>(.*?)</tr>", table_html, re.S)]
+
+
+def test_summary_first_then_every_model_beside_its_baseline_per_domain(run):
+    root, data_dir, page = run
+    text = open(page, encoding="utf-8").read()
+    domains = FeatureSpec.load(data_dir).domains
+    assert text.index('id="summary"') < text.index("1. Per-domain metrics")
+    summary = text[text.index('id="summary"'):text.index('id="models"')]
+    tables = re.findall(r"<table>.*?</table>", summary, re.S)
+    assert len(tables) == 2  # retrieval, ranking
+    for table, (model, metric, overall, base_overall) in zip(tables, (("adi", "recall@50", 0.4, 0.2),
+                                                                      ("ranker", "auc", 0.6, 0.55))):
+        header, *rows = _cells(table)
+        assert header == ["model"] + [f"{g} {metric}" for g in domains + ["overall"]] + [
+            f"overall vs dnn-{'retrieval' if model == 'adi' else 'ranking'}"]
+        by_name = {r[0]: r for r in rows}
+        baseline = by_name[f"dnn-{'retrieval' if model == 'adi' else 'ranking'} (baseline)"]
+        assert rows[-1] is baseline or rows[-1] == baseline  # the baseline last
+        assert float(by_name[model][-1]) == pytest.approx(overall - base_overall)  # the difference, signed
+        assert by_name[model][-1].startswith("+")
+    # the per-domain tables: each metric once, with a difference column per model
+    retrieval = text[text.index("1. Per-domain metrics"):text.index("2. Training curves")]
+    assert retrieval.count("<h4>recall@50</h4>") == 1 and "adi - dnn-retrieval" in retrieval
+    assert "ranker - dnn-ranking" in retrieval and "all metrics" not in retrieval
+    assert "models/adi" not in text  # short labels
 
 
 def test_a_folder_without_models_is_an_error_naming_it(tmp_path, capsys):

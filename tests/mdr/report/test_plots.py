@@ -1,5 +1,6 @@
 """mdr.report.plots: every plot writes a PNG, on small hand-made inputs with gaps (NaN, missing metrics)."""
 import numpy as np
+import pytest
 
 from mdr.report import plots
 from mdr.report.discovery import ModelRun
@@ -35,3 +36,14 @@ def test_every_plot_writes_a_png(tmp_path):
     ]
     assert paths == [str(tmp_path / n) for n in ("bars.png", "curves.png", "heat.png", "scann.png", "index.png")]
     assert all(_is_png(p) for p in paths)
+
+
+def test_anchored_colour_limits_keep_noise_around_the_uniform_weight_pale():
+    from mdr.report.plots import anchored_limits
+
+    # 19 fields, uniform 1/19 = 0.05263; the map of the issue spans 0.05257-0.05270: the floor, a quarter
+    # of the uniform weight (0.01316) each way, sets the scale, so these cells sit within 1% of its middle
+    lo, hi = anchored_limits(np.array([[0.05257, 0.05270]]), 1 / 19, 0.25 / 19)
+    assert (lo, hi) == pytest.approx((0.75 / 19, 1.25 / 19))
+    # a real preference (0.10 against a uniform 0.05) spans the scale: 0.05 -+ 0.05
+    assert anchored_limits(np.array([[0.10, 0.02, np.nan]]), 0.05, 0.0125) == pytest.approx((0.0, 0.10))
