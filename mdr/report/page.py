@@ -182,10 +182,11 @@ def _metrics_section(page: _Page, task: str, runs: List[ModelRun]):
         page.add(_missing(f"the {task} {artifacts.METRICS} files hold no "
                           f"{'recall@K' if task == 'retrieval' else 'auc / logloss'}"))
         return
-    path = plots.plot_metric_bars(evaluated, metrics, page.png(f"metrics_{task}"), f"{task} models")
-    page.image(path, f"{task}: {', '.join(metrics)} per domain and model")
     base = views.baseline_of(evaluated, task)
     others = [r for r in evaluated if r is not base]
+    path = plots.plot_metric_bars(others + ([base] if base else []), metrics, page.png(f"metrics_{task}"),
+                                  f"{task} models")  # the baseline's bar last, as in the tables
+    page.image(path, f"{task}: {', '.join(metrics)} per domain and model")
     groups = views.metric_groups(evaluated)
     splits = sorted({str(r.metrics.get("split", "?")) for r in evaluated})
     page.add(f'<p class="meta">on split {_e(", ".join(splits))}'
