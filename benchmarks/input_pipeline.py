@@ -2,6 +2,8 @@
 
     python -m benchmarks.input_pipeline --data /tmp/ml1m --task retrieval --model adi \\
         [--batch-size 1024] [--steps 200] [--warmup 10] [--max-seconds 300] [--json PATH]
+    python -m benchmarks.input_pipeline --data /tmp/ml1m --task ranking --models din,ranker \\
+        --no-end-to-end --results NAME    # several models: their training-step rates side by side
 
 Three measurements on the `train` split of a preprocessed data folder (`mdr preprocess` output),
 with the batches `mdr train` reads: `mdr_keras.data.make_dataset(data, "train", batch, shuffle=True,
@@ -165,6 +167,8 @@ def main(argv=None) -> int:
     parser.add_argument("--task", default="", choices=("", "retrieval", "ranking"),
                         help="needed only for model names both tasks have")
     parser.add_argument("--model", default="adi", help="model name, or name:key=value[:key=value]")
+    parser.add_argument("--models", help="several models, comma-separated, measured one after the other: "
+                                         "a table of their training-step rates against the first's")
     parser.add_argument("--batch-size", type=int, default=1024, help="rows per replica per step")
     parser.add_argument("--steps", type=int, default=200, help="timed batches / steps of each measurement")
     parser.add_argument("--warmup", type=int, default=10, help="untimed batches / steps before each")
@@ -178,21 +182,50 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu-replicas", type=int, default=0)
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
     for flag in ("batch_size", "steps", "warmup"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
 
-    results = run(args)
-    print(f"{results['model']} ({results['task']}, {results.get('parameters', 0):,} parameters) on {args.data}: "
-          f"{results['train_rows']:,} train rows, batch {args.batch_size} x {results['replicas']} replica(s), "
-          f"{results['cpus']} CPU(s), {results['gpus']} GPU(s); {results['cached_batches']} cached batches")
-    print(table(results))
+    from benchmarks.models import parse_models
+
+    every = []
+    for model in (parse_models(args.models) if args.models else [args.model]):
+        results = run(argparse.Namespace(**{**vars(args), "model": model}))
+        print(f"{results['model']} ({results['task']}, {results.get('parameters', 0):,} parameters) on {args.data}: "
+              f"{results['train_rows']:,} train rows, batch {args.batch_size} x {results['replicas']} replica(s), "
+              f"{results['cpus']} CPU(s), {results['gpus']} GPU(s); {results['cached_batches']} cached batches")
+        print(table(results), flush=True)
+        every.append(results)
+    out = every[0] if len(every) == 1 else {"models": every}
+    summary = table(every[0]) if len(every) == 1 else comparison(every)
+    if len(every) > 1:
+        print(summary)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), **results}, f, indent=2)
+            json.dump({"args": vars(args), **out}, f, indent=2)
+    if args.results:
+        from benchmarks import results as results_files
+
+        head = (f"training steps on {args.data}, {every[0]['cached_batches']} cached batches of {args.batch_size} "
+                f"x {every[0]['replicas']} replica(s), {args.steps} timed steps after {args.warmup}, "
+                f"{every[0]['cpus']} CPU(s), {every[0]['gpus']} GPU(s), one process, one model at a time")
+        path = results_files.save(args.results, head + "\n\n" + summary, {"args": vars(args), **out},
+                                  "benchmarks.input_pipeline", sys.argv[1:] if argv is None else argv)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def comparison(every) -> str:
+    """A markdown table: each model's training-step rate on cached input, and its ratio to the first model's."""
+    first = every[0]["train_cached"]["examples_per_second"]
+    lines = [f"| model | trainable params | training step ex/s | vs {every[0]['model']} |", "|---|---:|---:|---:|"]
+    for r in every:
+        rate = r["train_cached"]["examples_per_second"]
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {rate:,.0f} | {rate / first:.2f}x |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

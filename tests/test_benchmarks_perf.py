@@ -50,6 +50,22 @@ def test_input_pipeline_prints_rates_and_ratio(synthetic_data, tmp_path, capsys,
     assert ("train_end_to_end" in results) == end_to_end
 
 
+def test_input_pipeline_compares_several_models_against_the_first(synthetic_data, tmp_path, capsys):
+    from benchmarks import input_pipeline
+
+    data_dir, _ = synthetic_data
+    out = tmp_path / "models.json"
+    low_rank = TINY_RANKER + ":dsfs_weight_rank=1"
+    assert input_pipeline.main(["--data", data_dir, "--task", "ranking", "--models", f"{TINY_RANKER},{low_rank}",
+                                "--steps", "3", "--warmup", "1", "--batch-size", "32", "--cached-batches", "2",
+                                "--no-end-to-end", "--json", str(out)]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert rows[TINY_RANKER][-1] == "1.00x" and number(rows[low_rank][-1]) > 0
+    saved = json.loads(out.read_text())["models"]
+    assert [r["model"] for r in saved] == [TINY_RANKER, low_rank]
+    assert number(rows[low_rank][0]) == saved[1]["parameters"] < saved[0]["parameters"]
+
+
 def test_input_pipeline_max_seconds_caps_the_timed_steps(synthetic_data, capsys):
     from benchmarks import input_pipeline
 
