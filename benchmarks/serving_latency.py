@@ -314,8 +314,10 @@ def main(argv=None):
                           f"scores of {args.items} items alternating, {os.cpu_count()} CPU(s), clients in the "
                           f"server's process.\n\n" + format_load(results["load"]))
         if "latency" in results:
-            tables.append(format_latency(rows))
-        print(f"wrote {saved.save(args.results, chr(10).join(tables), results, 'benchmarks.serving_latency', argv if argv is not None else sys.argv[1:])}")
+            tables.append(f"Latency: {args.requests} sequential calls per row after {args.warmup} warm-up calls, "
+                          f"{os.cpu_count()} CPU(s), client in the server's process; ratio = gRPC / in-process.\n\n"
+                          + format_latency(rows))
+        print(f"wrote {saved.save(args.results, (chr(10) * 2).join(tables), results, 'benchmarks.serving_latency', argv if argv is not None else sys.argv[1:])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
