@@ -176,11 +176,21 @@ def merge(args, argv) -> int:
               file=sys.stderr)
         return 2
     data, task, split = keys.pop()
-    renames = dict(item.split("=>", 1) for item in args.rename if "=>" in item)
+    renames = {}  # (file number or None for every file, old name) -> new name
+    for item in args.rename:
+        old, sep, new = item.partition("=>")
+        number, colon, name = old.partition(":")
+        if not sep:
+            continue
+        if colon and number.isdigit():
+            renames[(int(number), name)] = new
+        else:
+            renames[(None, old)] = new
     results, seen_popularity = [], False
-    for run in runs:
+    for number, run in enumerate(runs, 1):
         for r in run["results"]:
-            r = {**r, "model": renames.get(r["model"], r["model"])}
+            name = renames.get((number, r["model"]), renames.get((None, r["model"]), r["model"]))
+            r = {**r, "model": name}
             if r["model"] == POPULARITY:
                 if seen_popularity:
                     continue
@@ -207,7 +217,8 @@ def main(argv=None) -> int:
                         help="train nothing: one table of the rows of these results.json files (of one data set, "
                              "split and task), each row's settings from its own file")
     parser.add_argument("--rename", action="append", default=[], metavar="OLD=>NEW",
-                        help="with --merge: show the rows of model OLD as NEW (e.g. when a default changed since); repeatable")
+                        help="with --merge: show the rows of model OLD as NEW (e.g. when a default changed since); "
+                             "N:OLD=>NEW renames in the N-th --merge file only (from 1); repeatable")
     parser.add_argument("--output", default="runs/bench", help="folder for the model folders and results.json")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=512)

@@ -112,6 +112,11 @@ def test_merge_builds_one_table_from_earlier_runs(tmp_path, capsys):
     assert models.main(["--merge", first, second, "--rename", "adi:fusion=sum=>adi, SUM fusion"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0] for line in lines[2:]] == [models.POPULARITY, "adi", "adi, SUM fusion"]
+    # the same name in two files (a default changed in between): renamed in one file only
+    again = run("d.json", [models.POPULARITY, "adi"])
+    assert models.main(["--merge", first, again, "--rename", "1:adi=>adi, before"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines[2:]] == [models.POPULARITY, "adi, before", "adi"]
     other = tmp_path / "c.json"
     other.write_text(open(first).read().replace('"/d"', '"/other"'))
     assert models.main(["--merge", first, str(other)]) == 2  # one data set per table
