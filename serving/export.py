@@ -448,7 +448,10 @@ def format_report(report: dict) -> str:
         inputs = ", ".join(m["signatures"][artifacts.DEFAULT_SIGNATURE]["inputs"])
         lines.append(f"  {name:<16} {m['seconds']:>7.2f}s  inputs: {inputs}")
     for d, r in report.get("index", {}).items():
-        how = "brute force" if r["brute_force"] else f"{r['leaves_to_search']}/{r['leaves']} leaves searched" + (
+        if r["brute_force"]:  # exact search: no recall to measure
+            lines.append(f"  index {d}: {r['items']} items, exact (brute force)")
+            continue
+        how = f"{r['leaves_to_search']}/{r['leaves']} leaves searched" + (
             f", tuned, {r['reorder']} re-scored" if "tuning" in r else "")
         lines.append(f"  index {d}: {r['items']} items, recall@{r['k']} = {r['recall@k']:.3f} ({how})")
     if report.get("low_recall"):
