@@ -77,6 +77,7 @@ from serving import config as cfg
 from serving import index as ix
 from serving import recommender as rec
 from serving.feature_store import FeatureStore
+from serving.signatures import input_specs, signatures
 
 OUTPUTS = {artifacts.USER_TOWER: ("embedding",), artifacts.ITEM_TOWER: ("embedding",),
            artifacts.RANKER: ("probability",), artifacts.RETRIEVAL: ("item_ids", "scores"),
@@ -110,12 +111,6 @@ def model_inputs(spec: fs.FeatureSpec, model: str) -> List[str]:
     else:
         raise ValueError(f"Unknown exported model. Received: model={model!r}; expected one of {artifacts.MODEL_NAMES}")
     return [f.name for f in spec.features if f.name in names]
-
-
-def input_specs(spec: fs.FeatureSpec, names: Sequence[str]) -> Dict[str, tf.TensorSpec]:
-    """Named `tf.TensorSpec`s of the raw inputs `names`: batch axis None, the record's dtype and width."""
-    parse = spec.tf_parse_spec(names)
-    return {n: tf.TensorSpec([None] + list(parse[n].shape), parse[n].dtype, name=n) for n in names}
 
 
 class ServingModule(tf.Module):
@@ -161,17 +156,7 @@ class ServingModule(tf.Module):
 
     def signatures(self) -> Dict[str, Callable]:
         """`{"serving_default": fn over the named raw inputs, "examples": fn over serialized Examples}`."""
-        names = list(self._specs)
-
-        @tf.function(input_signature=list(self._specs.values()))
-        def serve(*tensors):
-            return self.outputs(dict(zip(names, tensors)))
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=artifacts.EXAMPLES_INPUT)])
-        def examples(serialized):
-            return self.outputs(tf.io.parse_example(serialized, self._parse_spec))
-
-        return {artifacts.DEFAULT_SIGNATURE: serve, artifacts.EXAMPLES_SIGNATURE: examples}
+        return signatures(self.outputs, self._specs, self._parse_spec)
 
 
 def serving_checks(spec: fs.FeatureSpec, model: str, max_batch_size: int = MAX_BATCH_SIZE) -> cfg.ServingChecks:
@@ -420,9 +405,9 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
             if reason:
                 report["recommender_skipped"] = reason
             else:
-                names = model_inputs(spec, artifacts.RECOMMENDER)
                 write(rec.RecommenderModule(model, ranker, spec, exact, FeatureStore.load(data_dir),
-                                            input_specs(spec, names), model_inputs(spec, artifacts.RANKER)), spec)
+                                            model_inputs(spec, artifacts.RECOMMENDER),
+                                            model_inputs(spec, artifacts.RANKER)), spec)
     report["configs"] = write_configs(export_dir, batching)
     write_report(report, os.path.join(export_dir, artifacts.export_report(version)))
     return report

@@ -28,6 +28,7 @@ import tensorflow as tf
 from mdr_contract import artifacts
 from mdr_contract import feature_spec as fs
 from serving import feature_store
+from serving.signatures import input_specs, signatures
 
 KEY_SEPARATOR = "\x1f"  # joins domain and item id in the table's keys (a control character: in neither)
 OUTPUTS = ("item_ids", "probabilities", "retrieval_scores")
@@ -69,21 +70,21 @@ class RecommenderModule(tf.Module):
         spec: the feature spec both were trained with (`check_same_features`).
         index: `serving.index.ExactDomainIndex` over the item-tower embeddings, K = its `k`.
         store: the `FeatureStore` of the data the index was built from (the candidates' features).
-        input_specs: name -> `tf.TensorSpec` of the request's features (`recommender_inputs`).
+        input_names: the request's features (`recommender_inputs`).
         ranker_inputs: the features the ranker reads.
     """
 
     kind = artifacts.RECOMMENDER
 
     def __init__(self, retrieval_model, ranker_model, spec: fs.FeatureSpec, index, store: feature_store.FeatureStore,
-                 input_specs: Dict[str, tf.TensorSpec], ranker_inputs: Sequence[str]):
+                 input_names: Sequence[str], ranker_inputs: Sequence[str]):
         super().__init__(name=artifacts.RECOMMENDER)
         self.retrieval_model = retrieval_model
         self.ranker_model = ranker_model
         self.index = index
         self.k = int(index.k)
-        self.input_names = list(input_specs)
-        self._specs = dict(input_specs)
+        self.input_names = list(input_names)
+        self._specs = input_specs(spec, self.input_names)
         self._parse_spec = spec.tf_parse_spec(self.input_names)
         item_names = set(item_side(spec))
         self.item_inputs = [n for n in ranker_inputs if n in item_names]
@@ -126,14 +127,4 @@ class RecommenderModule(tf.Module):
 
     def signatures(self):
         """`{"serving_default": fn over the named raw inputs, "examples": fn over serialized Examples}`."""
-        names = list(self._specs)
-
-        @tf.function(input_signature=list(self._specs.values()))
-        def serve(*tensors):
-            return self.outputs(dict(zip(names, tensors)))
-
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=artifacts.EXAMPLES_INPUT)])
-        def examples(serialized):
-            return self.outputs(tf.io.parse_example(serialized, self._parse_spec))
-
-        return {artifacts.DEFAULT_SIGNATURE: serve, artifacts.EXAMPLES_SIGNATURE: examples}
+        return signatures(self.outputs, self._specs, self._parse_spec)
