@@ -262,12 +262,7 @@ class Client:
             if name not in out:
                 raise ServingError(grpc.StatusCode.INTERNAL,
                                    f"the response lacks output {name!r} (outputs: {sorted(out)})", model)
-        found = []
-        for item, score in zip(out["item_ids"][0].tolist(), out["scores"][0].tolist()):
-            item = item.decode("utf-8") if isinstance(item, bytes) else str(item)
-            if item and math.isfinite(score):
-                found.append((item, float(score)))
-        return found[:k]
+        return _answered(out["item_ids"][0], out["scores"][0])[:k]
 
     def scores(self, domain: str, user_id: str, item_ids: Sequence[str], store: FeatureStore, model: str = RANKER,
                cold_start: bool = False, timeout: Optional[float] = None) -> List[float]:
@@ -328,12 +323,7 @@ class Client:
             one_k = self.recommender_k(recommender_model)
             if one_k is not None and k >= one_k:
                 out = self.run(recommender_model, user, timeout=timeout)
-                found = []
-                for item, p in zip(out["item_ids"][0].tolist(), out["probabilities"][0].tolist()):
-                    item = item.decode("utf-8") if isinstance(item, bytes) else str(item)
-                    if item:
-                        found.append((item, float(p)))
-                return found[:n]
+                return _answered(out["item_ids"][0], out["probabilities"][0])[:n]
         found = [item for item, _ in self.candidates(domain, user_id, k, store, model=retrieval_model,
                                                      cold_start=cold_start, timeout=timeout)]
         known = [item for item in found if store.has_item(item)]
@@ -346,6 +336,16 @@ class Client:
                                     timeout=timeout)
         order = sorted(range(len(known)), key=lambda i: -probabilities[i])  # stable: ties keep retrieval order
         return [(known[i], probabilities[i]) for i in order[:n]]
+
+
+def _answered(ids: np.ndarray, values: np.ndarray) -> List[Tuple[str, float]]:
+    """(item id, value) of one answered row, padding dropped (ids "", non-finite scores)."""
+    found = []
+    for item, value in zip(ids.tolist(), values.tolist()):
+        item = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        if item and math.isfinite(value):
+            found.append((item, float(value)))
+    return found
 
 
 def _tensor_infos(infos) -> Dict[str, TensorInfo]:
