@@ -46,10 +46,8 @@ def _generate(args) -> int:
 
 def _preprocess(args, beam_args) -> int:
     from mdr import quiet
-    from pipeline import preprocess
+    from pipeline import preprocess, progress
     from pipeline.sources import InputError
-
-    from pipeline import progress
 
     config = preprocess.config_from_args(args)
     show = progress.printer()

@@ -1,7 +1,7 @@
 """Live row counts of a job on the local runner: the workers tally, the launching process watches.
 
 Beam's counters reach the launcher of a local job only in its result, when the job is over. So, when
-asked (`preprocess(..., progress=...)` with the local runner), the job also passes its rows through
+asked (`preprocess(..., progress_callback=...)` with the local runner), the job also passes its rows through
 `TallyRows` steps: each worker process adds what it saw to one small JSON file of its own in a folder
 of this machine (rewritten atomically every `FLUSH_SECONDS` and at each bundle's end), and a `Watcher`
 thread in the launcher sums the files and hands the totals to a callback every few seconds. On other
@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -168,6 +169,4 @@ class Watcher:
         self._thread.join()
         if exc[0] is None:
             self._callback(totals(self.folder), time.monotonic() - self._start, True)
-        for name in os.listdir(self.folder):
-            os.remove(os.path.join(self.folder, name))
-        os.rmdir(self.folder)
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -256,9 +256,8 @@ def _attention_section(page: _Page, runs: List[ModelRun], run_dir: str, data_dir
     for run in [r for r in candidates if r not in others]:
         page.add(f"<h3>{_e(run.label)} ({_e(run.model)})</h3>")
         model_config = run.config.get("model_config") or {}
-        if kind == "adi" and (run.model != "adi" or model_config.get("attention", "se") is None):
-            page.add(_missing(f"{run.model} has no domain interest adaptation layer"
-                              + (" (attention=None ablation)" if run.model == "adi" else ""),
+        if kind == "adi" and model_config.get("attention", "se") is None:  # other models are named above
+            page.add(_missing(f"{run.model} has no domain interest adaptation layer (attention=None ablation)",
                               "ADI models with `attention` set have one"))
             continue
         if kind == "dsfs" and not (run.model in D3_RANKERS
