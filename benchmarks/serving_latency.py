@@ -10,10 +10,13 @@ in this process, on 127.0.0.1. Without `--export-dir`, `runs/demo/export` is use
 Latency mode: `--requests` queries, cycling over the domains and their users in the feature store,
 each timed two ways with the same inputs:
 - gRPC: `serving.client.Client.candidates(domain, user, k)` (retrieval models) and
-  `Client.scores(domain, user, items)` (the ranker, `--items` items of the domain): the store lookup,
+  `Client.scores(domain, user, items, recommender_model=None)` (the ranker, `--items` items of the
+  domain, the user's features on every row): the store lookup,
   request tensors, serialization, the RPC, the server's checks, the model and the decoding;
 - in-process: the same store lookup and tensors, then the version's `serving_default` signature of
   the SavedModel (loaded here with `tf.saved_model.load`) called directly, outputs to numpy.
+- scores through the `recommender`'s `rank` signature (what `Client.scores` calls when the export has
+  it: the user's features sent once, the items' looked up in the graph; in-process: that signature);
 - a recommendation (top 10 of K candidates), two ways: one call to the export's `recommender`
   (`Client.recommend`; in-process: its signature), and the two calls it replaces (`Client.recommend`
   with `recommender_model=None`; in-process: the `retrieval` signature, then the ranker's on the
@@ -74,8 +77,8 @@ def queries(store, n, items):
     return out
 
 
-def load_signature(export_dir, model):
-    """The latest version's `serving_default` of `model`, loaded in this process."""
+def load_signature(export_dir, model, signature=artifacts.DEFAULT_SIGNATURE):
+    """The latest version's `signature` of `model`, loaded in this process."""
     import tensorflow as tf
 
     from serving import config as cfg
@@ -84,7 +87,7 @@ def load_signature(export_dir, model):
     version = cfg.list_versions(base)[-1]
     if model.endswith("scann"):
         import scann  # noqa: F401  registers the ScaNN ops of the graph
-    return tf.saved_model.load(os.path.join(base, str(version))).signatures[artifacts.DEFAULT_SIGNATURE], version
+    return tf.saved_model.load(os.path.join(base, str(version))).signatures[signature], version
 
 
 def in_process_call(signature, inputs_info, columns):
@@ -127,7 +130,7 @@ def latency(server, client, store, export_dir, args):
                 return in_process_call(signature, info, store.features(user, domain))
         else:
             def grpc_call(domain, user, items, model=model):
-                return client.scores(domain, user, items, store, model=model)
+                return client.scores(domain, user, items, store, model=model, recommender_model=None)
 
             def local_call(domain, user, items, signature=signature, info=info):
                 return in_process_call(signature, info, store.features(user, domain, items))
@@ -136,8 +139,32 @@ def latency(server, client, store, export_dir, args):
         remote = percentiles(time_calls(grpc_call, work, args.warmup))
         size = f"K={args.k}" if call == "candidates" else f"{args.items} items"
         rows.append((f"{call} ({size})", f"{model} v{version}", *local, *remote))
+    rows += rank_rows(server, client, store, export_dir, args, work)
     rows += recommend_rows(server, client, store, export_dir, args, work)
     return rows
+
+
+def rank_rows(server, client, store, export_dir, args, work):
+    """The latency row of scores through the recommender's `rank` signature (the user's features sent once,
+    the items' looked up in the graph): what `Client.scores` calls when the export has it."""
+    model = args.recommender_model
+    if model not in server.model_names:
+        return []
+    signature, version = load_signature(export_dir, model, artifacts.RANK_SIGNATURE)
+    info = client.signature_inputs(model, artifacts.RANK_SIGNATURE)
+
+    def local_call(domain, user, items):
+        import numpy as np
+
+        columns = {**store.features(user, domain), artifacts.RANK_ITEMS_INPUT: np.array([items], dtype=object)}
+        return in_process_call(signature, info, columns)
+
+    def grpc_call(domain, user, items):
+        return client.scores(domain, user, items, store, recommender_model=model)
+
+    local = percentiles(time_calls(local_call, work, args.warmup))
+    remote = percentiles(time_calls(grpc_call, work, args.warmup))
+    return [(f"scores ({args.items} items), user sent once", f"{model} v{version} `rank`", *local, *remote)]
 
 
 def recommend_rows(server, client, store, export_dir, args, work):

@@ -83,6 +83,10 @@ RETRIEVAL_MODEL_NAMES = (USER_TOWER, ITEM_TOWER, RETRIEVAL, RETRIEVAL_SCANN)
 DEFAULT_SIGNATURE = "serving_default"
 EXAMPLES_SIGNATURE = "examples"
 EXAMPLES_INPUT = "examples"
+# The recommender's second stage alone: the ranker's probabilities of given items for one user row
+# (the user's features sent once, the items' features looked up in the graph).
+RANK_SIGNATURE = "rank"
+RANK_ITEMS_INPUT = "item_ids"
 
 MODELS_CONFIG = "models.config"
 DOCKER_MODELS_CONFIG = "models.docker.config"

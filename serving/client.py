@@ -1,8 +1,9 @@
 """Client of the model servers: gRPC calls and two-stage recommendation over the feature store.
 
 `Client`: TF Serving's stock `PredictionServiceStub` over one gRPC channel. `predict` is the raw
-call; `candidates` (retrieval in a domain), `scores` (the ranker over given items) and `recommend`
-(candidates, then the ranker over them in one request, top N) build the request tensors from a
+call; `candidates` (retrieval in a domain), `scores` (the ranker over given items: the `recommender`'s
+`rank` signature where served) and `recommend` (one call to the `recommender` where served, else
+candidates, then the ranker over them in one request; top N) build the request tensors from a
 `serving.feature_store.FeatureStore` (the raw features the preprocessing job wrote for query time).
 Works against stock TF Serving and the embedded `serving.server.ModelServer` alike.
 
@@ -31,8 +32,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_service_pb2_grpc,
                                      predict_pb2, prediction_service_pb2_grpc)
 
-from mdr_contract.artifacts import (DEFAULT_SIGNATURE, EXAMPLES_INPUT, EXAMPLES_SIGNATURE, RANKER, RECOMMENDER,
-                                    RETRIEVAL)
+from mdr_contract.artifacts import (DEFAULT_SIGNATURE, EXAMPLES_INPUT, EXAMPLES_SIGNATURE, RANK_ITEMS_INPUT,
+                                    RANK_SIGNATURE, RANKER, RECOMMENDER, RETRIEVAL)
 from serving.feature_store import FeatureStore, to_examples
 
 logger = logging.getLogger(__name__)
@@ -211,33 +212,35 @@ class Client:
         return {s.version: states.Name(s.state) for s in response.model_version_status}
 
     def run(self, model: str, columns: Mapping[str, np.ndarray], version: Optional[int] = None,
-            timeout: Optional[float] = None) -> Dict[str, np.ndarray]:
+            timeout: Optional[float] = None, signature: str = DEFAULT_SIGNATURE) -> Dict[str, np.ndarray]:
         """Calls `model` on feature columns (as `FeatureStore.features` gives them).
 
-        `serving_default`: the columns the signature takes, conformed to its dtypes and sequence
-        widths; the signature is re-read once when the server refuses the inputs (a new version with
-        other inputs). `examples` (`use_examples`): every column, as serialized `tf.train.Example`s.
+        `signature` (default `serving_default`): the columns it takes, conformed to its dtypes and
+        sequence widths; the signature is re-read once when the server refuses the inputs (a new version
+        with other inputs). `examples` (`use_examples`, for `serving_default` only): every column, as
+        serialized `tf.train.Example`s.
 
         Raises:
             ValueError: the model takes an input the columns do not have.
             ServingError: the RPC failed.
         """
-        if self.use_examples:
+        if self.use_examples and signature == DEFAULT_SIGNATURE:
             return self.predict(model, {EXAMPLES_INPUT: to_examples(columns)}, signature=EXAMPLES_SIGNATURE,
                                 version=version, timeout=timeout)
+        name = signature
         for attempt in range(2):
-            signature = self.signature_inputs(model, version=version, refresh=attempt > 0)
+            signature = self.signature_inputs(model, name, version=version, refresh=attempt > 0)
             missing = sorted(set(signature) - set(columns))
             if missing:
                 raise ValueError(f"Model {model!r} takes input(s) {missing} that the feature store does not provide "
                                  f"(it provides {sorted(columns)})")
             inputs = {name: _conform(columns[name], dtype, shape) for name, (dtype, shape) in signature.items()}
             try:
-                return self.predict(model, inputs, version=version, timeout=timeout)
+                return self.predict(model, inputs, signature=name, version=version, timeout=timeout)
             except ServingError as e:
                 if attempt or e.code != grpc.StatusCode.INVALID_ARGUMENT:
                     raise
-                if self.signature_inputs(model, version=version, refresh=True) == signature:
+                if self.signature_inputs(model, name, version=version, refresh=True) == signature:
                     raise
                 logger.info("Model %r changed its inputs; retrying with the new signature", model)
         raise AssertionError("unreachable")
@@ -265,11 +268,14 @@ class Client:
         return _answered(out["item_ids"][0], out["scores"][0])[:k]
 
     def scores(self, domain: str, user_id: str, item_ids: Sequence[str], store: FeatureStore, model: str = RANKER,
-               cold_start: bool = False, timeout: Optional[float] = None) -> List[float]:
+               cold_start: bool = False, timeout: Optional[float] = None,
+               recommender_model: Optional[str] = RECOMMENDER) -> List[float]:
         """The ranker's click probability of each of `item_ids` for `user_id` in `domain`.
 
-        One request of len(item_ids) rows (the user's features replicated), or chunks of
-        `max_batch_size`.
+        One call to the `rank` signature of `recommender_model` when the server has it (the user's
+        features sent once, the items' looked up in its graph) and it knows every item; otherwise, or
+        with `recommender_model=None`, `model` on len(item_ids) rows (the user's features replicated,
+        the items' from `store`), in chunks of `max_batch_size`. Both give the same probabilities.
 
         Raises:
             ValueError: unknown domain, user or items.
@@ -278,6 +284,14 @@ class Client:
         item_ids = [str(i) for i in item_ids]
         if not item_ids:
             return []
+        if (recommender_model is not None and not self.use_examples and all(store.has_item(i) for i in item_ids)
+                and self._has_rank(recommender_model)):  # (unknown items: the store's ValueError, before any RPC)
+            user = store.features(user_id, domain, cold_start=cold_start)  # an unknown user fails before any RPC
+            out = self.run(recommender_model, {**user, RANK_ITEMS_INPUT: np.array([item_ids], dtype=object)},
+                           timeout=timeout, signature=RANK_SIGNATURE)
+            if bool(np.all(out["known"])):
+                return np.reshape(out["probabilities"], [-1]).astype(float).tolist()
+            # Items the export's table lacks (a store newer than the export): the ranker, with the store's features.
         step = self.max_batch_size or len(item_ids)
         probabilities = []
         for start in range(0, len(item_ids), step):
@@ -288,6 +302,16 @@ class Client:
                                    f"the response lacks output 'probability' (outputs: {sorted(out)})", model)
             probabilities += np.reshape(out["probability"], [-1]).astype(float).tolist()
         return probabilities
+
+    def _has_rank(self, model: str) -> bool:
+        """Whether the server has `model` with a `rank` signature."""
+        try:
+            self.signature_inputs(model, RANK_SIGNATURE)
+        except ServingError as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+        return True
 
     def recommender_k(self, model: str = RECOMMENDER) -> Optional[int]:
         """K of a served one-call `recommender` (the candidates it ranks), or None when the server has none."""

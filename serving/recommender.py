@@ -18,6 +18,12 @@ Inputs: the `serving_default` inputs of `retrieval`, plus any user-side feature 
 (`recommender_inputs`). Outputs: `item_ids` string `[B, K]` and `probabilities` float32 `[B, K]`,
 best first; `retrieval_scores` float32 `[B, K]` in the same order. A domain with fewer than K items
 pads with `""` ids and probability 0 (after every real candidate).
+
+A third signature, `rank` (`artifacts.RANK_SIGNATURE`), is the second stage alone: the ranker's user-side
+inputs and `item_ids` string `[B, N]` give `probabilities` float32 `[B, N]` (the ranker's, in the order
+given) and `known` bool `[B, N]` (whether the item is in the table of the row's domain; 0 where not).
+The user's features cross the wire once instead of once per item (a behaviour sequence is 50 strings),
+and the items' features are not fetched by the client: `Client.scores` calls it when the server has it.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ from serving.signatures import input_specs, signatures
 
 KEY_SEPARATOR = "\x1f"  # joins domain and item id in the table's keys (a control character: in neither)
 OUTPUTS = ("item_ids", "probabilities", "retrieval_scores")
+RANK_OUTPUTS = ("probabilities", "known")
 
 
 def item_side(spec: fs.FeatureSpec) -> List[str]:
@@ -103,22 +110,32 @@ class RecommenderModule(tf.Module):
         self.item_columns = {n: tf.Variable(feature_store.to_array(spec[n], columns[n]), trainable=False,
                                             name=f"items_{n}") for n in self.item_inputs}
 
+    def _ranked(self, raw: Dict[str, tf.Tensor], ids: tf.Tensor):
+        """`(probability [B, N], known [B, N])` of the ranker for each row's items `ids` (0 where unknown)."""
+        n = tf.shape(ids)[1]
+        keys = tf.strings.join([tf.repeat(tf.reshape(raw[fs.DOMAIN], [-1, 1]), n, axis=1), ids],
+                               separator=KEY_SEPARATOR)
+        rows = self.table.lookup(keys)  # [B, N]; -1 for an item the row's domain does not have (or padding)
+        known = rows >= 0
+        flat_rows = tf.reshape(tf.maximum(rows, 0), [-1])
+        ranker_raw = {name: tf.repeat(raw[name], n, axis=0) for name in self.user_inputs}  # each user row N times
+        for name in self.item_inputs:
+            ranker_raw[name] = tf.gather(self.item_columns[name], flat_rows)
+        probability = tf.reshape(self.ranker_model(ranker_raw, training=False)["probability"], [-1, n])
+        return tf.where(known, probability, tf.zeros_like(probability)), known
+
+    def rank_outputs(self, raw: Dict[str, tf.Tensor], item_ids: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The `rank` signature's outputs: the ranker's probabilities of `item_ids` `[B, N]`, in that order."""
+        probability, known = self._ranked(raw, item_ids)
+        return {"probabilities": probability, "known": known}
+
     def outputs(self, raw: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
         """The named outputs of raw request tensors `raw` (inference mode)."""
         k = self.k
         user = self.retrieval_model.user_embedding(raw, training=False)
         domain = self.retrieval_model.encoder({fs.DOMAIN: raw[fs.DOMAIN]})[fs.DOMAIN]  # unknown domains fail here
         scores, ids = self.index(user, tf.reshape(domain, [-1]))  # [B, K]
-        keys = tf.strings.join([tf.repeat(tf.reshape(raw[fs.DOMAIN], [-1, 1]), k, axis=1), ids],
-                               separator=KEY_SEPARATOR)
-        rows = self.table.lookup(keys)  # [B, K]; -1 where the domain has fewer than K items
-        real = rows >= 0
-        flat_rows = tf.reshape(tf.maximum(rows, 0), [-1])
-        ranker_raw = {n: tf.repeat(raw[n], k, axis=0) for n in self.user_inputs}  # each user row K times
-        for n in self.item_inputs:
-            ranker_raw[n] = tf.gather(self.item_columns[n], flat_rows)
-        probability = tf.reshape(self.ranker_model(ranker_raw, training=False)["probability"], [-1, k])
-        probability = tf.where(real, probability, tf.zeros_like(probability))
+        probability, real = self._ranked(raw, ids)  # padding ids ("") are not in the table
         # Padding last: rank real candidates by probability (>= 0), padding at -1.
         _, order = tf.math.top_k(tf.where(real, probability, -tf.ones_like(probability)), k=k)
         return {"item_ids": tf.gather(ids, order, batch_dims=1),
@@ -126,5 +143,14 @@ class RecommenderModule(tf.Module):
                 "retrieval_scores": tf.gather(scores, order, batch_dims=1)}
 
     def signatures(self):
-        """`{"serving_default": fn over the named raw inputs, "examples": fn over serialized Examples}`."""
-        return signatures(self.outputs, self._specs, self._parse_spec)
+        """`{"serving_default": fn over the named raw inputs, "examples": fn over serialized Examples,
+        "rank": fn over the ranker's user-side inputs and item_ids}`."""
+        names = list(self.user_inputs)
+        specs = [self._specs[n] for n in names] + [tf.TensorSpec([None, None], tf.string,
+                                                                 name=artifacts.RANK_ITEMS_INPUT)]
+
+        @tf.function(input_signature=specs)
+        def rank(*tensors):
+            return self.rank_outputs(dict(zip(names, tensors[:-1])), tensors[-1])
+
+        return {**signatures(self.outputs, self._specs, self._parse_spec), artifacts.RANK_SIGNATURE: rank}

@@ -338,6 +338,10 @@ def test_one_call_recommend_answers_as_the_two_calls(exported, server):
         # k below the recommender's K: two calls (retrieval's first k are what the ranker may reorder)
         assert client.recommend(domain, user, store, n=3, k=2) == client.recommend(
             domain, user, store, n=3, k=2, recommender_model=None)
+        # Scores: the recommender's `rank` signature (the user's features once) as the ranker's rows.
+        for domain, user, items in queries(store, 6):
+            np.testing.assert_allclose(client.scores(domain, user, items, store),
+                                       client.scores(domain, user, items, store, recommender_model=None), atol=1e-6)
 
 
 def queries(store, n):
