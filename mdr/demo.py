@@ -168,7 +168,8 @@ def _models_and_serving(config: DemoConfig, data_dir: str) -> int:
     export_dir = os.path.join(out, EXPORT)
     _stage(5, f"exporting SavedModels + per-domain ScaNN index -> {export_dir}")
     report = export.export_models(os.path.join(models, "adi"), os.path.join(models, "ranker"), data_dir, export_dir,
-                                  index_config=index.IndexConfig(target_recall=0.95))  # as `mdr export`
+                                  index_config=index.IndexConfig(target_recall=0.95),  # as `mdr export`
+                                  progress=lambda line: print(f"      {line}", flush=True))
     print(export.format_report(report))
 
     _stage(6, f"feature store for query time (written by the Beam job) <- {os.path.join(data_dir, artifacts.STORE)}")

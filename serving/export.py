@@ -302,8 +302,12 @@ def write_configs(export_dir: str, batching: cfg.BatchingConfig) -> Dict[str, st
 
 def _signature_report(module: ServingModule) -> dict:
     outputs = list(OUTPUTS[module.kind])
-    return {artifacts.DEFAULT_SIGNATURE: {"inputs": list(module.input_names), "outputs": outputs},
-            artifacts.EXAMPLES_SIGNATURE: {"inputs": [artifacts.EXAMPLES_INPUT], "outputs": list(outputs)}}
+    report = {artifacts.DEFAULT_SIGNATURE: {"inputs": list(module.input_names), "outputs": outputs},
+              artifacts.EXAMPLES_SIGNATURE: {"inputs": [artifacts.EXAMPLES_INPUT], "outputs": list(outputs)}}
+    if module.kind == artifacts.RECOMMENDER:
+        report[artifacts.RANK_SIGNATURE] = {"inputs": list(module.user_inputs) + [artifacts.RANK_ITEMS_INPUT],
+                                            "outputs": list(rec.RANK_OUTPUTS)}
+    return report
 
 
 def _load(model_dir: str, task: str):
@@ -318,7 +322,7 @@ def _load(model_dir: str, task: str):
 def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_dir: str, export_dir: str,
                   version: Optional[int] = None, index_config: ix.IndexConfig = ix.IndexConfig(), k: int = 100,
                   max_batch_size: int = MAX_BATCH_SIZE, batching: Optional[cfg.BatchingConfig] = None,
-                  queries_split: Optional[str] = "eval") -> dict:
+                  queries_split: Optional[str] = "eval", progress: Optional[Callable[[str], None]] = None) -> dict:
     """Exports trained models to `export_dir` in TF Serving's layout (see the module docstring).
 
     Args:
@@ -337,6 +341,8 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
             queued batches.
         queries_split: split whose user embeddings measure the ScaNN recall per domain (None, or a
             domain without rows: sampled corpus vectors).
+        progress: called with a line of text as each step finishes (the item corpus embedded, each
+            domain's index built, each model written); `mdr export` prints them.
 
     Returns:
         {"export_dir", "version", "models": {name: {"path", "signatures": {signature: {"inputs",
@@ -371,12 +377,14 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
     batching = batching or cfg.BatchingConfig(max_batch_size=max_batch_size, batch_timeout_micros=1000,
                                               max_enqueued_batches=100)
     report: dict = {"export_dir": export_dir, "version": version, "models": {}}
+    say = progress or (lambda line: None)
 
     def write(module, spec):
         start = time.perf_counter()
         path = publish(module, spec, export_dir, version, max_batch_size)
         report["models"][module.kind] = {"path": path, "signatures": _signature_report(module),
                                          "seconds": round(time.perf_counter() - start, 2)}
+        say(f"wrote {module.kind} ({report['models'][module.kind]['seconds']:.1f} s)")
 
     if retrieval_dir:
         model, spec = _load(retrieval_dir, training.RETRIEVAL_TASK)
@@ -386,10 +394,18 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
                              f"on {spec.domains}")
         ids, embeddings = item_corpus(model, spec, data_dir)
         report["corpus"] = {d: int(len(i)) for d, i in zip(spec.domains, ids)}
+        say(f"embedded the item corpus: {sum(report['corpus'].values()):,} items in {len(ids)} domain(s)")
         queries = (user_queries(model, spec, data_dir, queries_split, index_config.eval_queries)
                    if queries_split else None)
+        built = []
+
+        def domain_built(name, build_report):
+            built.append(name)
+            say(f"[{len(built)}/{len(ids)}] {index_line(name, build_report)} "
+                f"(built in {build_report['build_seconds']:.1f} s)")
+
         scann, index_report = ix.build_multi_domain_index(embeddings, ids, index_config, queries=queries,
-                                                          domain_names=spec.domains)
+                                                          domain_names=spec.domains, on_domain_built=domain_built)
         report["index"] = index_report
         report["low_recall"] = [d for d, r in index_report.items() if r["recall@k"] < index_config.min_recall]
         exact = ix.ExactDomainIndex(embeddings, ids, k=k, distance=index_config.distance, name="exact_index")
@@ -433,17 +449,21 @@ def format_report(report: dict) -> str:
         inputs = ", ".join(m["signatures"][artifacts.DEFAULT_SIGNATURE]["inputs"])
         lines.append(f"  {name:<16} {m['seconds']:>7.2f}s  inputs: {inputs}")
     for d, r in report.get("index", {}).items():
-        if r["brute_force"]:  # exact search: no recall to measure
-            lines.append(f"  index {d}: {r['items']} items, exact (brute force)")
-            continue
-        how = f"{r['leaves_to_search']}/{r['leaves']} leaves searched" + (
-            f", tuned, {r['reorder']} re-scored" if "tuning" in r else "")
-        lines.append(f"  index {d}: {r['items']} items, recall@{r['k']} = {r['recall@k']:.3f} ({how})")
+        lines.append(f"  {index_line(d, r)}")
     if report.get("low_recall"):
         lines.append(f"  LOW RECALL in domains {report['low_recall']}")
     if report.get("recommender_skipped"):
         lines.append(f"  no {artifacts.RECOMMENDER}: {report['recommender_skipped']}")
     return "\n".join(lines)
+
+
+def index_line(domain: str, r: dict) -> str:
+    """One domain's ScaNN build report (`BuildReport.as_dict`) as a line of text."""
+    if r["brute_force"]:  # exact search: no recall to measure
+        return f"index {domain}: {r['items']} items, exact (brute force)"
+    how = f"{r['leaves_to_search']}/{r['leaves']} leaves searched" + (
+        f", tuned, {r['reorder']} re-scored" if "tuning" in r else "")
+    return f"index {domain}: {r['items']} items, recall@{r['k']} = {r['recall@k']:.3f} ({how})"
 
 
 def write_report(report: dict, path: str) -> None:

@@ -54,7 +54,7 @@ import math
 import numbers
 import time
 import uuid
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -672,7 +672,8 @@ def build_domain_index(embeddings, ids, config: IndexConfig = IndexConfig(), que
 
 def build_multi_domain_index(embeddings: Sequence, ids: Sequence, config: IndexConfig = IndexConfig(),
                              queries: Optional[Sequence] = None, seed: int = 0,
-                             domain_names: Optional[Sequence[str]] = None
+                             domain_names: Optional[Sequence[str]] = None,
+                             on_domain_built: Optional[Callable[[str, dict], None]] = None
                              ) -> Tuple[MultiDomainIndex, Dict[str, dict]]:
     """Builds a `MultiDomainIndex`: one `build_domain_index` per domain.
 
@@ -683,6 +684,8 @@ def build_multi_domain_index(embeddings: Sequence, ids: Sequence, config: IndexC
         queries: optional list of per-domain evaluation queries (entries may be None).
         seed: seeds the sampled evaluation queries (domain `i` uses `seed + i`).
         domain_names: names of the domains (report keys); default `"0"`, `"1"`, ...
+        on_domain_built: called with `(domain name, build report)` as each domain's index is done
+            (a large domain takes minutes: `mdr export` prints a line per domain).
 
     Returns:
         `(index, report)`: the `MultiDomainIndex` and `{domain name: build report}`.
@@ -695,9 +698,11 @@ def build_multi_domain_index(embeddings: Sequence, ids: Sequence, config: IndexC
     queries = [None] * len(embeddings) if queries is None else list(queries)
     if len(queries) != len(embeddings):
         raise ValueError(f"`queries` must have one entry per domain. Received: {len(queries)} entries")
-    domains: List[DomainIndex] = [
-        build_domain_index(e, i, config, queries=q, seed=seed + d, name=names[d])
-        for d, (e, i, q) in enumerate(zip(embeddings, ids, queries))]
+    domains: List[DomainIndex] = []
+    for d, (e, i, q) in enumerate(zip(embeddings, ids, queries)):
+        domains.append(build_domain_index(e, i, config, queries=q, seed=seed + d, name=names[d]))
+        if on_domain_built is not None:
+            on_domain_built(names[d], domains[-1].report)
     index = MultiDomainIndex(domains, name="multi_domain_index")
     return index, {d.domain_name: d.report for d in domains}
 

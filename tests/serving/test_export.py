@@ -3,6 +3,7 @@ dtypes, no ScaNN op where stock TF Serving must load the model, and the exported
 reloaded in a fresh process (TensorFlow only: no mdr code, ScaNN imported only for
 `retrieval_scann`) against the in-process Keras models on real eval records, through both
 signatures."""
+import inspect
 import json
 import os
 import pickle
@@ -48,8 +49,10 @@ def exported(trained):
     (`brute_force_below=0`), so the partitioned, hashed and reordered search is what is served."""
     data_dir, retrieval_dir, ranker_dir, root = trained
     export_dir = os.path.join(root, "serving")
+    lines = []
     report = ex.export_models(retrieval_dir, ranker_dir, data_dir, export_dir,
-                              index_config=ix.IndexConfig(brute_force_below=0), k=K)
+                              index_config=ix.IndexConfig(brute_force_below=0), k=K, progress=lines.append)
+    report["progress_lines"] = lines  # what `mdr export` printed as it went
     return export_dir, report
 
 
@@ -88,6 +91,7 @@ _RELOAD = textwrap.dedent("""
     args = json.loads(sys.argv[1])
     with open(args["inputs"], "rb") as f:
         serialized, raw = pickle.load(f)
+    exec(args["rank_items"])
 
     def run(path):
         loaded = tf.saved_model.load(path)
@@ -98,6 +102,10 @@ _RELOAD = textwrap.dedent("""
             feed = ({"examples": tf.constant(serialized)} if key == "examples"
                     else {n: tf.constant(raw[n]) for n in names})
             out[key] = {k: v.numpy() for k, v in fn(**feed).items()}
+        if "rank" in loaded.signatures:  # the recommender's: each row's items = rank_items(raw)
+            fn = loaded.signatures["rank"]
+            feed = {n: tf.constant(raw[n]) for n in fn.structured_input_signature[1] if n != "item_ids"}
+            out["rank"] = {k: v.numpy() for k, v in fn(item_ids=tf.constant(rank_items(raw)), **feed).items()}
         return out
 
     results = {}
@@ -110,6 +118,14 @@ _RELOAD = textwrap.dedent("""
 """)
 
 
+def rank_items(raw):
+    """The items the reloaded `rank` signature scores for each row: its own, the next two rows', an unknown one."""
+    import numpy as np
+
+    ids = raw["item_id"]
+    return np.stack([ids, np.roll(ids, -1), np.roll(ids, -2), np.full(ids.shape, b"no-such-item", object)], axis=1)
+
+
 @pytest.fixture(scope="module")
 def reloaded(exported, batch, tmp_path_factory):
     """Every exported model's outputs on the batch, from a fresh process, through both signatures."""
@@ -120,7 +136,7 @@ def reloaded(exported, batch, tmp_path_factory):
         pickle.dump(batch, f)
     paths = {name: m["path"] for name, m in report["models"].items()}
     args = json.dumps({"inputs": inputs, "outputs": outputs, "scann": paths.pop(artifacts.RETRIEVAL_SCANN),
-                       "stock": paths})
+                       "stock": paths, "rank_items": inspect.getsource(rank_items)})
     done = subprocess.run([sys.executable, "-c", _RELOAD, args], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(outputs, "rb") as f:
@@ -170,6 +186,13 @@ def test_layout_configs_and_report(exported, expected):
         assert r["items"] == report["corpus"][d] and r["k"] == K and not r["brute_force"] and r["leaves"] > 1
     assert report["low_recall"] == [d for d, r in report["index"].items() if r["recall@k"] < 0.9]
     assert "retrieval_scann" in ex.format_report(report)
+    # Progress as it went: the corpus, then each domain's index as it finished, then each model written.
+    lines = report["progress_lines"]
+    assert lines[0].startswith(f"embedded the item corpus: {sum(report['corpus'].values()):,} items")
+    n = len(spec.domains)
+    assert [line.split("] ")[0] for line in lines[1:1 + n]] == [f"[{i}/{n}" for i in range(1, n + 1)]
+    assert [line.split()[2].rstrip(":") for line in lines[1:1 + n]] == list(spec.domains)
+    assert [line.split()[1] for line in lines[1 + n:]] == list(report["models"])
 
 
 def test_signatures_take_named_raw_inputs_and_give_named_outputs(exported, expected):
@@ -282,6 +305,28 @@ def test_reloaded_recommender_is_the_retrieval_ranked_by_the_ranker(reloaded, ex
         np.testing.assert_allclose(out["probabilities"][row][:len(ids)], [by_id[i] for i in found], atol=TOWER_ATOL)
         assert (np.diff(out["probabilities"][row][:len(ids)]) <= 0).all()  # best first
         assert sorted(by_id.values(), reverse=True) == pytest.approx(out["probabilities"][row][:len(ids)], abs=TOWER_ATOL)
+
+
+def test_reloaded_recommenders_rank_signature_is_the_ranker_on_the_stores_features(reloaded, expected, batch,
+                                                                                  trained):
+    # `rank`: the user's features once, the items' looked up in the graph; the ranker with the store's features.
+    data_dir, _, ranker_dir, _ = trained
+    spec, (_, raw) = expected["spec"], batch
+    out, ids = reloaded[artifacts.RECOMMENDER]["rank"], rank_items(raw)
+    assert out["probabilities"].shape == out["known"].shape == ids.shape and out["known"].dtype == bool
+    ranker, _, _ = training.load_model(ranker_dir)
+    store = FeatureStore.load(data_dir)
+    names = ex.model_inputs(spec, artifacts.RANKER)
+    for row, domain in enumerate(raw[fs.DOMAIN]):
+        known = [store.has_item(i.decode(), domain.decode()) for i in ids[row]]
+        assert out["known"][row].tolist() == known and not known[-1] and any(known)
+        found = [i.decode() for i, k in zip(ids[row], known) if k]
+        items = store.item_features(found, domain.decode())
+        feed = {n: to_array(spec[n], items[n]) if n in items else np.repeat(raw[n][row:row + 1], len(found), 0)
+                for n in names}
+        np.testing.assert_allclose(out["probabilities"][row][known], ranker(feed, training=False)["probability"]
+                                   .numpy().reshape(-1), atol=TOWER_ATOL)
+        assert (out["probabilities"][row][~np.array(known)] == 0).all()
 
 
 # ------------------------------------------------------------------ versions
