@@ -47,6 +47,10 @@ LOCAL_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_proce
                      "--default_sdk_harness_log_level=CRITICAL"]
 
 
+class FlagError(ValueError):
+    """A flag's value is refused; the message names the flag (`mdr preprocess` exits 2: misuse)."""
+
+
 @dataclasses.dataclass
 class PreprocessConfig:
     """What the job does (Beam's own options travel separately as `PipelineOptions`).
@@ -98,43 +102,43 @@ class PreprocessConfig:
     def validate(self, source: sources.Source) -> None:
         """Contradictory or missing values fail here, naming the flag, before any work starts."""
         if self.split not in ("time", "random"):
-            raise ValueError(f"--split must be 'time' or 'random'. Received: --split {self.split}")
+            raise FlagError(f"--split must be 'time' or 'random'. Received: --split {self.split}")
         mapping = getattr(source, "mapping", None)
         if self.split == "time" and not source.has_timestamp and not (mapping and mapping.split):
-            raise ValueError("--split time needs timestamps, and this input has no timestamp column: "
+            raise FlagError("--split time needs timestamps, and this input has no timestamp column: "
                              "use --split random (or give the mapping a split column)")
         if not 2 <= len(self.ratios) <= 3 or any(r < 0 for r in self.ratios) or sum(self.ratios) <= 0:
-            raise ValueError(f"--ratios takes 2 or 3 non-negative fractions. Received: --ratios {self.ratios}")
+            raise FlagError(f"--ratios takes 2 or 3 non-negative fractions. Received: --ratios {self.ratios}")
         if abs(sum(self.ratios) - 1.0) > 1e-6:
-            raise ValueError(f"--ratios must sum to 1 (train,eval[,test]). Received: --ratios "
+            raise FlagError(f"--ratios must sum to 1 (train,eval[,test]). Received: --ratios "
                              f"{','.join(str(r) for r in self.ratios)} (sum {sum(self.ratios):g})")
         if self.split == "random" and self.ratios[0] <= 0:
-            raise ValueError(f"--ratios needs a positive train fraction. Received: --ratios {self.ratios}")
+            raise FlagError(f"--ratios needs a positive train fraction. Received: --ratios {self.ratios}")
         if not 0 < self.eval_fraction + self.test_fraction < 1 or self.eval_fraction <= 0 or self.test_fraction < 0:
-            raise ValueError("--eval-fraction must be in (0, 1), --test-fraction in [0, 1), their sum < 1. "
+            raise FlagError("--eval-fraction must be in (0, 1), --test-fraction in [0, 1), their sum < 1. "
                              f"Received: --eval-fraction {self.eval_fraction} --test-fraction {self.test_fraction}")
         if self.test_start is not None and self.eval_start is None:
-            raise ValueError("--test-start needs --eval-start")
+            raise FlagError("--test-start needs --eval-start")
         if self.sequence_length < 1:
-            raise ValueError(f"--sequence-length must be >= 1. Received: --sequence-length {self.sequence_length}")
+            raise FlagError(f"--sequence-length must be >= 1. Received: --sequence-length {self.sequence_length}")
         if self.sequence_events not in ("positive", "all"):
-            raise ValueError(f"--sequence-events must be 'positive' or 'all'. Received: {self.sequence_events}")
+            raise FlagError(f"--sequence-events must be 'positive' or 'all'. Received: {self.sequence_events}")
         if self.min_count < 1:
-            raise ValueError(f"--min-count must be >= 1. Received: --min-count {self.min_count}")
+            raise FlagError(f"--min-count must be >= 1. Received: --min-count {self.min_count}")
         if self.min_stat_events < 1:
-            raise ValueError(f"--min-stat-events must be >= 1. Received: --min-stat-events {self.min_stat_events}")
+            raise FlagError(f"--min-stat-events must be >= 1. Received: --min-stat-events {self.min_stat_events}")
         if self.num_buckets < 2:
-            raise ValueError(f"--num-buckets must be >= 2. Received: --num-buckets {self.num_buckets}")
+            raise FlagError(f"--num-buckets must be >= 2. Received: --num-buckets {self.num_buckets}")
         if self.max_domains is not None and self.max_domains < 1:
-            raise ValueError(f"--max-domains must be >= 1. Received: --max-domains {self.max_domains}")
+            raise FlagError(f"--max-domains must be >= 1. Received: --max-domains {self.max_domains}")
         if self.num_shards < 0:
-            raise ValueError(f"--num-shards must be >= 0. Received: --num-shards {self.num_shards}")
+            raise FlagError(f"--num-shards must be >= 0. Received: --num-shards {self.num_shards}")
 
     def time_cutoffs(self):
         eval_start = sources.parse_timestamp(self.eval_start) if self.eval_start is not None else None
         test_start = sources.parse_timestamp(self.test_start) if self.test_start is not None else None
         if eval_start is not None and test_start is not None and test_start < eval_start:
-            raise ValueError(f"--test-start must not be before --eval-start. Received: {self.test_start} < "
+            raise FlagError(f"--test-start must not be before --eval-start. Received: {self.test_start} < "
                              f"{self.eval_start}")
         return eval_start, test_start
 
@@ -291,7 +295,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
     if not existing:
         return
     if not overwrite:
-        raise ValueError(f"--output {output} is not empty; pass --overwrite to replace it")
+        raise FlagError(f"--output {output} is not empty; pass --overwrite to replace it")
     FileSystems.delete([m.path for m in existing])
 
 
@@ -337,7 +341,7 @@ def runner_args(args: List[str]) -> List[str]:
             name = arg.split("=", 1)[1]
             path = SHIPPED_RUNNERS.get(name.lower(), SHIPPED_RUNNERS.get(name.lower() + "runner", name))
             if path in REFUSED_RUNNERS:
-                raise ValueError(f"--runner {name}: {REFUSED_RUNNERS[path]}")
+                raise FlagError(f"--runner {name}: {REFUSED_RUNNERS[path]}")
             _check_runner(name, path)
             arg = f"--runner={path}"
         out.append(arg)
@@ -383,7 +387,7 @@ def _check_runner(name: str, path: str) -> None:
         create_runner(path)
     except (ValueError, ImportError) as e:
         reason = " ".join(str(e).split())
-        raise ValueError(f"--runner {name}: {reason}") from None
+        raise FlagError(f"--runner {name}: {reason}") from None
 
 
 def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = None,
@@ -463,7 +467,7 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
     try:
         ratios = tuple(float(x) for x in args.ratios.split(","))
     except ValueError:
-        raise ValueError(f"--ratios takes comma-separated numbers. Received: --ratios {args.ratios}") from None
+        raise FlagError(f"--ratios takes comma-separated numbers. Received: --ratios {args.ratios}") from None
     max_domains = args.max_domains
     if max_domains is None and args.source == "taobao":
         max_domains = TAOBAO_DEFAULT_DOMAINS

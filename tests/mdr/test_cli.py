@@ -66,7 +66,18 @@ def test_misuse_exits_2_naming_the_flag(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["preprocess", "--source", "nope", "--input", "x", "--output", "y"])
     assert e.value.code == 2
-    assert "--source" in capsys.readouterr().err
+    err = capsys.readouterr().err  # one line naming the flag, no usage block
+    assert err.startswith("mdr preprocess: error: argument --source: invalid choice: 'nope'") and err.count("\n") == 1
+    with pytest.raises(SystemExit) as e:
+        cli.main(["serve", "--model-config-file", "x", "--port", "70000"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("mdr serve: error: argument --port: must be a port number in [0, 65535]. "
+                                       "Received: '70000' (see mdr serve --help)\n")
+    # Values argparse cannot judge alone: refused by the job's config, before any work, still exit 2.
+    assert cli.main(["preprocess", "--source", "synthetic", "--input", "x", "--output", "y", "--split", "random",
+                     "--ratios", "0.5,0.6"]) == 2
+    assert capsys.readouterr().err == ("mdr preprocess: error: --ratios must sum to 1 (train,eval[,test]). "
+                                       "Received: --ratios 0.5,0.6 (sum 1.1)\n")
     with pytest.raises(SystemExit) as e:
         cli.main(["generate", "--output", "x", "--bogus", "1"])
     assert e.value.code == 2
