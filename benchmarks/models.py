@@ -63,7 +63,7 @@ def train_config(label, task, args, seed=0):
 
     name, overrides = parse_model(label)
     return training.TrainConfig(model=name, task=task, epochs=args.epochs, batch_size=args.batch_size,
-                                learning_rate=args.learning_rate, seed=seed, patience=args.patience,
+                                learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, seed=seed, patience=args.patience,
                                 validation_split=args.validation_split, mixed_precision=args.mixed_precision,
                                 model_config=overrides)
 
@@ -220,11 +220,13 @@ def main(argv=None) -> int:
                         help="with --merge: show the rows of model OLD as NEW (e.g. when a default changed since); "
                              "N:OLD=>NEW renames in the N-th --merge file only (from 1); repeatable")
     parser.add_argument("--output", default="runs/bench", help="folder for the model folders and results.json")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    # Training flags default to `mdr train`'s recipe (TrainConfig's defaults): the tables use what users get.
+    parser.add_argument("--epochs", type=int, help="default: TrainConfig's (5)")
+    parser.add_argument("--batch-size", type=int, help="default: TrainConfig's (512)")
+    parser.add_argument("--learning-rate", type=float, help="default: TrainConfig's (1e-3)")
+    parser.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"), help="default: TrainConfig's (auto)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each model is trained once per seed")
-    parser.add_argument("--patience", type=int, default=0)
+    parser.add_argument("--patience", type=int, help="default: TrainConfig's (2)")
     parser.add_argument("--validation-split", default="eval")
     parser.add_argument("--split", default="test", help="split the table reports")
     parser.add_argument("--baseline", help="model of the AUC Imp. column (ranking)")
@@ -240,6 +242,10 @@ def main(argv=None) -> int:
 
     from mdr_keras import training
 
+    recipe = training.TrainConfig()
+    for name in ("epochs", "batch_size", "learning_rate", "lr_schedule", "patience"):
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(recipe, name))
     labels = parse_models(args.models)
     try:
         seeds = parse_seeds(args.seeds)
@@ -258,8 +264,9 @@ def main(argv=None) -> int:
             print(f"done {label} seed {seed}: {results[-1]['train_seconds']:.0f} s", file=sys.stderr, flush=True)
             with open(os.path.join(args.output, "results.json"), "w") as f:
                 json.dump({"args": vars(args), "results": results}, f, indent=2)
-    title = (f"{args.task} on {args.data} ({args.split} split), {args.epochs} epoch(s), batch {args.batch_size} "
-             f"x {strategy.num_replicas_in_sync} replica(s), seed(s) {args.seeds}")
+    title = (f"{args.task} on {args.data} ({args.split} split), {args.epochs} epoch(s) (patience {args.patience}), "
+             f"batch {args.batch_size} x {strategy.num_replicas_in_sync} replica(s), lr {args.learning_rate:g} "
+             f"({args.lr_schedule}), seed(s) {args.seeds}")
     print(title)
     print(table(results, args.task, args.baseline))
     with open(os.path.join(args.output, "results.md"), "w") as f:

@@ -79,29 +79,35 @@ def _train_config(args):
     """The TrainConfig of `mdr train`: the --config file (if any), then the flags on top of it."""
     import json
 
-    from mdr_keras import training
-
     model_config = {}
     for item in args.set or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set takes KEY=VALUE (a model_config field). Received: --set {item}")
+            raise _Misuse(f"--set takes KEY=VALUE (a model_config field). Received: --set {item}")
         try:
             model_config[key] = json.loads(value)
         except json.JSONDecodeError:
             model_config[key] = value  # a bare string, e.g. --set fusion=sum
     flags = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-             "learning_rate": args.learning_rate, "seed": args.seed, "patience": args.patience,
+             "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "seed": args.seed, "patience": args.patience,
              "steps_per_epoch": args.steps_per_epoch, "validation_split": args.validation_split,
              "mixed_precision": args.mixed_precision or None, "task": args.task}
-    if args.config:
+    from mdr_keras import training
+
+    if args.config:  # a bad value in the file: an unusable input (exit 1)
         config = training.TrainConfig.from_file(args.config, **flags)
     else:
-        config = training.TrainConfig(**{k: v for k, v in flags.items() if v is not None})
+        try:
+            config = training.TrainConfig(**{k: v for k, v in flags.items() if v is not None})
+        except ValueError as e:  # a flag's value (--model, --task): misuse
+            raise _Misuse(str(e)) from None
     if model_config:
         import dataclasses
 
-        config = dataclasses.replace(config, model_config={**config.model_config, **model_config})
+        try:
+            config = dataclasses.replace(config, model_config={**config.model_config, **model_config})
+        except ValueError as e:  # an unknown or bad --set key
+            raise _Misuse(f"--set: {e}") from None
     return config
 
 
@@ -175,7 +181,8 @@ def _export(args) -> int:
     config = index.IndexConfig(num_neighbors=args.k, min_recall=args.min_recall,
                                target_recall=args.target_recall or None)
     report = export.export_models(args.retrieval_model_dir, args.ranker_model_dir, args.data, args.export_dir,
-                                  version=args.version, index_config=config, k=args.k)
+                                  version=args.version, index_config=config, k=args.k,
+                                  progress=lambda line: print(f"  {line}", flush=True))
     print(export.format_report(report))
     return 0
 
@@ -271,6 +278,59 @@ def _report(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but misuse is one line naming the flag (no usage block; `--help` has it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Misuse(ValueError):
+    """A flag's value refused once parsed (exit 2, as argparse's own errors)."""
+
+
+def _at_least(minimum: int):
+    """argparse type: an integer >= `minimum`."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}. Received: {text!r}")
+        return value
+    return parse
+
+
+def _positive(text):
+    """argparse type: a float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0. Received: {text!r}")
+    return value
+
+
+def _fraction(text):
+    """argparse type: a float in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]. Received: {text!r}")
+    return value
+
+
+def _port(text):
+    value = _at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in [0, 65535]. Received: {text!r}")
+    return value
+
+
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """`--help` shows each flag's default, except where there is none to show (None, False) or the help
     text already says it."""
@@ -284,7 +344,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 # `mdr train`'s flags default to the --config file's value, else to TrainConfig's (mdr_keras.training, which
 # imports TensorFlow: not loaded for --help; tests/mdr/test_cli.py checks these equal TrainConfig's).
-TRAIN_DEFAULTS = {"model": "adi", "epochs": 5, "batch_size": 512, "learning_rate": 1e-3, "seed": 0, "patience": 2,
+TRAIN_DEFAULTS = {"model": "adi", "epochs": 5, "batch_size": 512, "learning_rate": 1e-3, "lr_schedule": "auto",
+                  "seed": 0, "patience": 2,
                   "validation_split": "auto"}
 
 
@@ -294,7 +355,7 @@ def _add_client_arguments(p):
                    help="output folder of `mdr preprocess`: its feature store (store/, items/) gives the features")
     p.add_argument("--domain", required=True, help="the domain to recommend in (one of the data's domains)")
     p.add_argument("--user", required=True, help="user id, as in the logs")
-    p.add_argument("--timeout", type=float, default=5.0, help="deadline of each RPC in seconds")
+    p.add_argument("--timeout", type=_positive, default=5.0, help="deadline of each RPC in seconds")
     p.add_argument("--examples", action="store_true", help="call the `examples` signatures (tf.Example)")
     p.add_argument("--cold-start", action="store_true",
                    help="a user the feature store does not know gets default features instead of an error")
@@ -303,7 +364,7 @@ def _add_client_arguments(p):
 def build_parser() -> argparse.ArgumentParser:
     from pipeline import preprocess, sources
 
-    parser = argparse.ArgumentParser(prog="mdr", description="mdr: multi-domain recommendation, from raw logs "
+    parser = _Parser(prog="mdr", description="mdr: multi-domain recommendation, from raw logs "
                                      "to gRPC answers.")
     parser.add_argument("--debug", action="store_true",
                         help="tracebacks with errors, and TensorFlow's start-up lines (mdr --debug COMMAND ...)")
@@ -312,13 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", formatter_class=_Help, help="write synthetic multi-domain logs with a planted structure")
     g.add_argument("--output", required=True, help="output folder")
     g.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    g.add_argument("--users", type=int, default=2000, help="number of users")
-    g.add_argument("--items", type=int, default=1000, help="number of items")
-    g.add_argument("--domains", type=int, default=3, help="number of domains (>= 2)")
-    g.add_argument("--categories", type=int, default=20, help="number of item categories")
-    g.add_argument("--mean-events", type=float, default=30.0, help="mean events per user")
-    g.add_argument("--days", type=int, default=14, help="days the log spans")
-    g.add_argument("--popularity-exposure", type=float, default=0.5,
+    g.add_argument("--users", type=_at_least(1), default=2000, help="number of users")
+    g.add_argument("--items", type=_at_least(1), default=1000, help="number of items")
+    g.add_argument("--domains", type=_at_least(2), default=3, help="number of domains (>= 2)")
+    g.add_argument("--categories", type=_at_least(1), default=20, help="number of item categories")
+    g.add_argument("--mean-events", type=_positive, default=30.0, help="mean events per user")
+    g.add_argument("--days", type=_at_least(1), default=14, help="days the log spans")
+    g.add_argument("--popularity-exposure", type=_fraction, default=0.5,
                    help="share of exposures drawn by popularity (the rest by relevance to the user)")
     g.add_argument("--single-domain-users", action="store_true",
                    help="every user in one domain only (items still shared), as when the domain is a user attribute")
@@ -340,20 +401,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one model_config field (JSON value), e.g. --set dsbn=false; repeatable")
-    t.add_argument("--epochs", type=int, help=f"maximum epochs (default {TRAIN_DEFAULTS['epochs']})")
-    t.add_argument("--batch-size", type=int,
+    t.add_argument("--epochs", type=_at_least(1), help=f"maximum epochs (default {TRAIN_DEFAULTS['epochs']})")
+    t.add_argument("--batch-size", type=_at_least(1),
                    help=f"rows per replica per step (default {TRAIN_DEFAULTS['batch_size']})")
-    t.add_argument("--learning-rate", type=float, help=f"Adam learning rate (default {TRAIN_DEFAULTS['learning_rate']})")
+    t.add_argument("--learning-rate", type=_positive, help=f"Adam learning rate (default {TRAIN_DEFAULTS['learning_rate']})")
+    t.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"),
+                   help="the learning rate's course: constant, or a half cosine to 0 over --epochs; auto = cosine "
+                        f"for ranking models, constant for retrieval (default {TRAIN_DEFAULTS['lr_schedule']})")
     t.add_argument("--seed", type=int, help=f"seed of weights, shuffling and sampling (default {TRAIN_DEFAULTS['seed']})")
-    t.add_argument("--patience", type=int,
+    t.add_argument("--patience", type=_at_least(0),
                    help=f"early-stopping patience in epochs, 0 = off (default {TRAIN_DEFAULTS['patience']})")
-    t.add_argument("--steps-per-epoch", type=int, help="cap on steps per epoch (default: one pass over train)")
+    t.add_argument("--steps-per-epoch", type=_at_least(1), help="cap on steps per epoch (default: one pass over train)")
     t.add_argument("--validation-split",
                    help=f"what early stopping watches (default {TRAIN_DEFAULTS['validation_split']}): auto = eval when "
                         "the data has a test split, else holdout (1 in 20 train rows left out); a split name; "
                         "or '' (none)")
     t.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute (GPUs)")
-    t.add_argument("--cpu-replicas", type=int, default=0,
+    t.add_argument("--cpu-replicas", type=_at_least(0), default=0,
                    help="without GPUs, mirror over this many logical CPU devices (tests the multi-replica path)")
     t.add_argument("--evaluate", action="store_true", help="evaluate afterwards on the reported split (test when the data has one, else eval)")
     t.add_argument("--verbose", type=int, choices=(0, 1, 2),
@@ -363,9 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model-dir", required=True, help="folder written by `mdr train`")
     e.add_argument("--data", required=True, help="output folder of `mdr preprocess`")
     e.add_argument("--split", default="eval", help="split to evaluate (eval, test, train)")
-    e.add_argument("-k", type=int, action="append", default=None, help="Recall@K cut-offs (retrieval)")
+    e.add_argument("-k", type=_at_least(1), action="append", default=None, help="Recall@K cut-offs (retrieval)")
     e.add_argument("--baseline", help="another model folder (already evaluated): adds the ADS AUC Imp. column")
-    e.add_argument("--sampled-negatives", type=int, default=100,
+    e.add_argument("--sampled-negatives", type=_at_least(1), default=100,
                    help="negatives per query of the sampled protocol (retrieval's sampled_recall@K)")
     e.add_argument("--sampling", default="uniform", choices=("uniform", "unseen", "popularity"),
                    help="how the sampled protocol draws negatives: uniformly over the domain's items, uniformly "
@@ -376,21 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--ranker-model-dir", help="a trained ranking model (ranker)")
     x.add_argument("--data", required=True, help="preprocessing output: its items split is the corpus")
     x.add_argument("--export-dir", required=True, help="TF Serving model base folder")
-    x.add_argument("--version", type=int, help="version number (default: the next free one)")
-    x.add_argument("-k", type=int, default=100, help="candidates per retrieval request")
-    x.add_argument("--min-recall", type=float, default=0.9,
+    x.add_argument("--version", type=_at_least(1), help="version number (default: the next free one)")
+    x.add_argument("-k", type=_at_least(1), default=100, help="candidates per retrieval request")
+    x.add_argument("--min-recall", type=_fraction, default=0.9,
                    help="ScaNN recall@K vs exact below which the export warns loudly")
-    x.add_argument("--target-recall", type=float, default=0.95,
+    x.add_argument("--target-recall", type=_fraction, default=0.95,
                    help="tune each domain's ScaNN tree to the fewest leaves searched (and candidates re-scored) "
                         "reaching this recall@K vs exact on the eval users; 0: the fixed defaults")
 
     v = sub.add_parser("serve", formatter_class=_Help, help="the embedded model server (TF Serving's gRPC API) over an export")
     v.add_argument("--model-config-file", required=True, help="models.config written by `mdr export`")
-    v.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    v.add_argument("--port", type=_port, default=8500, help="gRPC port (0: any free port)")
     v.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
-    v.add_argument("--poll-seconds", type=float, default=2.0, help="seconds between polls for new versions")
-    v.add_argument("--max-workers", type=int, default=8, help="RPC worker threads")
-    v.add_argument("--max-batch-size", type=int, default=4096,
+    v.add_argument("--poll-seconds", type=_positive, default=2.0, help="seconds between polls for new versions")
+    v.add_argument("--max-workers", type=_at_least(1), default=8, help="RPC worker threads")
+    v.add_argument("--max-batch-size", type=_at_least(1), default=4096,
                    help="largest batch a request may carry (bounded by default: a request's declared size is "
                    "refused before it is decoded)")
     v.add_argument("--enable-batching", action="store_true",
@@ -402,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("what", choices=("candidates", "scores"),
                    help="candidates: top K items of the retrieval model; scores: the ranker's for --items")
     _add_client_arguments(q)
-    q.add_argument("-k", type=int, default=10, help="candidates to return")
+    q.add_argument("-k", type=_at_least(1), default=10, help="candidates to return")
     q.add_argument("--items", nargs="+", help="item ids to score")
     q.add_argument("--model", help="served model name (default retrieval / ranker; e.g. retrieval_scann)")
 
@@ -410,8 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="two-stage recommendation over gRPC: retrieval in a domain, then the ranker (one call "
                             "to the export's `recommender` when -k is at least its K)")
     _add_client_arguments(r)
-    r.add_argument("-n", type=int, default=10, help="recommendations to return")
-    r.add_argument("-k", type=int, default=100, help="candidates retrieved for the ranker")
+    r.add_argument("-n", type=_at_least(1), default=10, help="recommendations to return")
+    r.add_argument("-k", type=_at_least(1), default=100, help="candidates retrieved for the ranker")
     r.add_argument("--two-calls", action="store_true",
                    help="call retrieval, then the ranker, even where the export has the one-call recommender")
 
@@ -421,9 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--input", help="input of a real-data source (or an existing synthetic folder)")
     d.add_argument("--mapping", help="--source csv: the column mapping, a JSON file or inline JSON")
     d.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of training")
-    d.add_argument("--retrieval-epochs", type=int, default=3, help="epochs of ADI")
-    d.add_argument("--ranker-epochs", type=int, default=1, help="epochs of the ranker")
-    d.add_argument("--port", type=int, default=8500, help="gRPC port of the model server (0: any free port)")
+    d.add_argument("--retrieval-epochs", type=_at_least(1), default=3, help="epochs of ADI")
+    d.add_argument("--ranker-epochs", type=_at_least(1), default=1, help="epochs of the ranker")
+    d.add_argument("--port", type=_port, default=8500, help="gRPC port of the model server (0: any free port)")
     d.add_argument("--host", default="127.0.0.1", help="address the model server binds")
     d.add_argument("--keep-serving", action="store_true",
                    help="keep the model server up after the sample answers, until Ctrl-C")
@@ -433,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", help="a run folder (e.g. `mdr demo`'s output): every model folder below it is shown")
     rp.add_argument("--output", help="folder for the page and its PNGs (default RUN_DIR/report)")
     rp.add_argument("--data", help="preprocessing output for the attention views (default: the models' own)")
-    rp.add_argument("--max-examples", type=int, default=2048,
+    rp.add_argument("--max-examples", type=_at_least(1), default=2048,
                     help="eval rows run through each model for the attention views")
     return parser
 
@@ -511,7 +575,9 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"mdr {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        from pipeline.preprocess import FlagError
+
+        return 2 if isinstance(e, (FlagError, _Misuse)) else 1  # a flag's value refused: misuse
     return 2
 
 

@@ -10,6 +10,7 @@ import pytest
 import tf_keras as keras
 
 from mdr_keras import training
+from mdr_contract import feature_spec as fs
 
 
 def mdr(*args, timeout=600):
@@ -29,6 +30,7 @@ def mdr(*args, timeout=600):
     ({"learning_rate": 0}, "`learning_rate` must be > 0"),
     ({"patience": -1}, "`patience` must be >= 0"),
     ({"steps_per_epoch": 0}, "`steps_per_epoch` must be >= 1"),
+    ({"lr_schedule": "linear"}, "`lr_schedule` must be one of"),
     ({"model_config": {"no_such_knob": 1}}, "Unknown model_config keys"),
     ({"model_config": {"temperature": 0}}, "`temperature` must be > 0"),
 ])
@@ -46,6 +48,24 @@ def test_config_file_round_trip_and_unknown_keys(tmp_path):
     path.write_text(json.dumps({"model": "adi", "epochz": 2}))
     with pytest.raises(ValueError, match=r"Unknown keys .*\['epochz'\]"):
         training.TrainConfig.from_file(str(path))
+
+
+def test_the_learning_rate_schedule_by_task_and_its_course(synthetic_data):
+    # "auto": cosine for ranking, constant for retrieval; the cosine reaches 0 at the last step.
+    assert training.TrainConfig(model="ranker").schedule() == "cosine"
+    assert training.TrainConfig(model="adi").schedule() == "constant"
+    assert training.TrainConfig(model="adi", lr_schedule="cosine").schedule() == "cosine"
+    data_dir, _ = synthetic_data
+    spec = fs.FeatureSpec.load(data_dir)
+    strategy = training.make_strategy()
+    model = training.build_compiled_model(spec, training.TrainConfig(model="dnn", task="ranking", learning_rate=0.5),
+                                          strategy, total_steps=100)
+    rate = keras.optimizers.schedules.deserialize(model.optimizer.get_config()["learning_rate"])
+    # 0.5 * (1 + cos(pi * t / 100)) / 2: 0.5 at t = 0, 0.25 at t = 50, 0 at t = 100
+    assert [round(float(rate(t)), 6) for t in (0, 50, 100)] == [0.5, 0.25, 0.0]
+    model = training.build_compiled_model(spec, training.TrainConfig(model="dnn", task="retrieval", learning_rate=0.5),
+                                          strategy, total_steps=100)
+    assert model.optimizer.get_config()["learning_rate"] == 0.5
 
 
 def test_load_model_errors_are_clear(tmp_path):
@@ -120,9 +140,14 @@ def test_an_interrupted_training_resumes_from_its_last_epoch(synthetic_data, tmp
 def test_cli_misuse_exits_with_a_message(synthetic_data, tmp_path):
     data_dir, _ = synthetic_data
     code, _, err = mdr("train", "--data", data_dir, "--model-dir", str(tmp_path / "m"), "--model", "nope")
-    assert code == 1 and "Unknown model" in err
+    assert code == 2 and "Unknown model" in err  # misuse of a flag: 2
     code, _, err = mdr("train", "--data", data_dir, "--model-dir", str(tmp_path / "m"), "--set", "dsbn")
-    assert code == 1 and "--set takes KEY=VALUE" in err
+    assert code == 2 and "--set takes KEY=VALUE" in err
+    code, _, err = mdr("train", "--data", data_dir, "--model-dir", str(tmp_path / "m"), "--set", "nope=1")
+    assert code == 2 and err.startswith("mdr train: error: --set: Unknown model_config keys") and "['nope']" in err
+    code, _, err = mdr("train", "--data", data_dir, "--model-dir", str(tmp_path / "m"), "--epochs", "0")
+    assert code == 2 and err.strip() == ("mdr train: error: argument --epochs: must be an integer >= 1. Received: "
+                                         "'0' (see mdr train --help)")
     code, _, err = mdr("evaluate", "--model-dir", str(tmp_path / "none"), "--data", data_dir)
     assert code == 1 and "no trained model" in err
 
