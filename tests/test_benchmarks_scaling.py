@@ -1,0 +1,43 @@
+"""benchmarks.scaling: the replicated logs, the process-tree memory, the table (no measurement here)."""
+import os
+import subprocess
+import sys
+
+from benchmarks import scaling
+
+
+def test_replicated_logs_rename_the_users_of_each_copy(tmp_path):
+    source = tmp_path / "raw"
+    source.mkdir()
+    (source / "generator.json").write_text('{"domains": ["d0"]}')
+    (source / "events.csv").write_text("user_id,item_id,domain\nu1,i1,d0\nu2,i1,d0\n")
+    assert scaling.replicate_logs(str(source), str(tmp_path / "x3"), 3) == 6
+    lines = (tmp_path / "x3" / "events.csv").read_text().splitlines()
+    assert lines == ["user_id,item_id,domain", "u1,i1,d0", "u2,i1,d0", "u1~r1,i1,d0", "u2~r1,i1,d0",
+                     "u1~r2,i1,d0", "u2~r2,i1,d0"]
+
+
+def test_tree_memory_counts_the_children():
+    # A child holding 200 MiB: the tree's resident set grows by about that much over this process's own.
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; b = bytearray(200 << 20); b[::4096] = "
+                              "b'x' * len(b[::4096]); print('ready', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        alone = scaling._rss_kib(os.getpid())
+        assert scaling.tree_rss_kib(os.getpid()) - alone > 190 * 1024
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_table_compares_each_part_with_its_first_row_and_shows_failures():
+    rows = [{"part": "beam", "work": 1000, "unit": "rows", "seconds": 10.0, "rate": 100.0, "rate_unit": "rows/s",
+             "peak_mib": 512.0},
+            {"part": "beam", "work": 3000, "unit": "rows", "seconds": 40.0, "rate": 75.0, "rate_unit": "rows/s",
+             "peak_mib": 600.0},
+            {"part": "beam", "work": 9000, "unit": "rows", "seconds": 5.0, "rate": 0.0, "rate_unit": "rows/s",
+             "peak_mib": 90.0, "error": "RuntimeError: reconciliation failed"}]
+    lines = scaling.table(rows).splitlines()
+    assert lines[3] == "| beam | 3,000 rows | 40.0 | 75.0 rows/s | 0.75x | 600 |  |"  # 75 / 100
+    assert lines[4].endswith("| failed: RuntimeError: reconciliation failed |")
