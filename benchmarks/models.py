@@ -196,8 +196,10 @@ def merge(args, argv) -> int:
                     continue
                 seen_popularity = True
             results.append(r)
+    # (files from before the schedule existed trained at a constant rate)
     settings = sorted({f"{r['args']['epochs']} epoch(s), batch {r['args']['batch_size']}, "
-                       f"lr {r['args']['learning_rate']}, seed(s) {r['args']['seeds']}" for r in runs})
+                       f"lr {r['args']['learning_rate']} ({r['args'].get('lr_schedule') or 'constant'}), "
+                       f"seed(s) {r['args']['seeds']}" for r in runs})
     title = f"{task} on {data} ({split} split), {'; '.join(settings)}"
     print(title)
     print(table(results, task, args.baseline))
