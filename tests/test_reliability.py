@@ -276,7 +276,7 @@ def test_beam_job_killed_half_way_is_refused_and_a_rerun_matches_a_clean_run(syn
     unmarked_error = assert_refused_as_incomplete(unmarked, tmp_path, capsys)
 
     # The same command refuses to mix runs; with --overwrite it starts over and completes.
-    assert cli.main(preprocess_args(synthetic_raw, out)) == 1
+    assert cli.main(preprocess_args(synthetic_raw, out)) == 2  # misuse of --output (a flag), exit 2
     assert "pass --overwrite" in capsys.readouterr().err
     assert cli.main(preprocess_args(synthetic_raw, out, "--overwrite")) == 0
     capsys.readouterr()
