@@ -183,7 +183,7 @@ def _export(args) -> int:
     report = export.export_models(args.retrieval_model_dir, args.ranker_model_dir, args.data, args.export_dir,
                                   version=args.version, index_config=config, k=args.k,
                                   progress=lambda line: print(f"  {line}", flush=True))
-    print(export.format_report(report))
+    print(export.format_report(report, indexes=False))  # the progress lines showed them
     return 0
 
 

@@ -170,7 +170,7 @@ def _models_and_serving(config: DemoConfig, data_dir: str) -> int:
     report = export.export_models(os.path.join(models, "adi"), os.path.join(models, "ranker"), data_dir, export_dir,
                                   index_config=index.IndexConfig(target_recall=0.95),  # as `mdr export`
                                   progress=lambda line: print(f"      {line}", flush=True))
-    print(export.format_report(report))
+    print(export.format_report(report, indexes=False))  # the progress lines showed them
 
     _stage(6, f"feature store for query time (written by the Beam job) <- {os.path.join(data_dir, artifacts.STORE)}")
     store = FeatureStore.load(data_dir)

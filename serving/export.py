@@ -442,13 +442,14 @@ def _recommender_blocker(retrieval_spec: fs.FeatureSpec, ranker_spec: fs.Feature
     return ""
 
 
-def format_report(report: dict) -> str:
-    """A short text summary of an `export_models` report (what `mdr export` prints)."""
+def format_report(report: dict, indexes: bool = True) -> str:
+    """A short text summary of an `export_models` report (what `mdr export` prints); `indexes=False` leaves
+    out the per-domain index lines (already printed by `export_models(progress=)`)."""
     lines = [f"exported version {report['version']} to {report['export_dir']}"]
     for name, m in report["models"].items():
         inputs = ", ".join(m["signatures"][artifacts.DEFAULT_SIGNATURE]["inputs"])
         lines.append(f"  {name:<16} {m['seconds']:>7.2f}s  inputs: {inputs}")
-    for d, r in report.get("index", {}).items():
+    for d, r in (report.get("index", {}) if indexes else {}).items():
         lines.append(f"  {index_line(d, r)}")
     if report.get("low_recall"):
         lines.append(f"  LOW RECALL in domains {report['low_recall']}")

@@ -186,6 +186,7 @@ def test_layout_configs_and_report(exported, expected):
         assert r["items"] == report["corpus"][d] and r["k"] == K and not r["brute_force"] and r["leaves"] > 1
     assert report["low_recall"] == [d for d, r in report["index"].items() if r["recall@k"] < 0.9]
     assert "retrieval_scann" in ex.format_report(report)
+    assert "index " in ex.format_report(report) and "index " not in ex.format_report(report, indexes=False)
     # Progress as it went: the corpus, then each domain's index as it finished, then each model written.
     lines = report["progress_lines"]
     assert lines[0].startswith(f"embedded the item corpus: {sum(report['corpus'].values()):,} items")
