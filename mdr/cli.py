@@ -79,11 +79,13 @@ def _train_config(args):
     """The TrainConfig of `mdr train`: the --config file (if any), then the flags on top of it."""
     import json
 
+    from pipeline.preprocess import FlagError
+
     model_config = {}
     for item in args.set or ():
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise _Misuse(f"--set takes KEY=VALUE (a model_config field). Received: --set {item}")
+            raise FlagError(f"--set takes KEY=VALUE (a model_config field). Received: --set {item}")
         try:
             model_config[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -100,14 +102,14 @@ def _train_config(args):
         try:
             config = training.TrainConfig(**{k: v for k, v in flags.items() if v is not None})
         except ValueError as e:  # a flag's value (--model, --task): misuse
-            raise _Misuse(str(e)) from None
+            raise FlagError(str(e)) from None
     if model_config:
         import dataclasses
 
         try:
             config = dataclasses.replace(config, model_config={**config.model_config, **model_config})
         except ValueError as e:  # an unknown or bad --set key
-            raise _Misuse(f"--set: {e}") from None
+            raise FlagError(f"--set: {e}") from None
     return config
 
 
@@ -285,10 +287,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-class _Misuse(ValueError):
-    """A flag's value refused once parsed (exit 2, as argparse's own errors)."""
-
-
 def _at_least(minimum: int):
     """argparse type: an integer >= `minimum`."""
     def parse(text):
@@ -302,26 +300,21 @@ def _at_least(minimum: int):
     return parse
 
 
-def _positive(text):
-    """argparse type: a float > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0. Received: {text!r}")
-    return value
+def _number(ok, what: str):
+    """argparse type: a float for which `ok(value)` holds (`what` says which, in the error)."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")  # fails every `ok`
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}. Received: {text!r}")
+        return value
+    return parse
 
 
-def _fraction(text):
-    """argparse type: a float in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]. Received: {text!r}")
-    return value
+_positive = _number(lambda v: v > 0, "a number > 0")
+_fraction = _number(lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def _port(text):
@@ -542,6 +535,7 @@ def main(argv=None) -> int:
         from mdr import quiet
 
         quiet.import_tensorflow()
+    from pipeline.preprocess import FlagError
     from pipeline.sources import InputError
 
     user_errors = (InputError, ValueError, FileNotFoundError)  # an unusable input: exit 1 with its message
@@ -575,9 +569,7 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"mdr {args.command}: error: {e}", file=sys.stderr)
-        from pipeline.preprocess import FlagError
-
-        return 2 if isinstance(e, (FlagError, _Misuse)) else 1  # a flag's value refused: misuse
+        return 2 if isinstance(e, FlagError) else 1  # a flag's value refused: misuse
     return 2
 
 

@@ -42,8 +42,8 @@ from mdr_keras.models import retrieval
 
 RANKER_TASK = "ranking"
 RETRIEVAL_TASK = "retrieval"
-RETRIEVAL_MONITOR_K = 50
-LR_SCHEDULES = ("auto", "constant", "cosine")  # early stopping of retrieval watches the validation Recall@50
+RETRIEVAL_MONITOR_K = 50  # early stopping of retrieval watches the validation Recall@50
+LR_SCHEDULES = ("auto", "constant", "cosine")
 
 
 @dataclasses.dataclass

@@ -48,7 +48,8 @@ LOCAL_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_proce
 
 
 class FlagError(ValueError):
-    """A flag's value is refused; the message names the flag (`mdr preprocess` exits 2: misuse)."""
+    """A flag's value is refused; the message names the flag (`mdr` exits 2: misuse). `mdr train` raises it
+    for its flags too."""
 
 
 @dataclasses.dataclass
