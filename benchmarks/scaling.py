@@ -38,6 +38,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+from benchmarks.stage_memory import proc_status_kib
+
 EVENTS_PER_USER = 30
 EVENTS_PER_ITEM = 100
 SAMPLE_SECONDS = 0.2
@@ -68,14 +70,7 @@ def _children() -> Dict[int, List[int]]:
 
 
 def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return proc_status_kib(pid, "VmRSS")
 
 
 def tree_rss_kib(pid: int) -> int:

@@ -59,16 +59,21 @@ def _tail(path, lines=20):
         return ""
 
 
-def _vm_hwm_kib(pid):
-    """The process's peak resident set (VmHWM, KiB) from /proc; 0 once it has exited."""
+def proc_status_kib(pid, field):
+    """A KiB field of /proc/<pid>/status (`VmHWM`, `VmRSS`, ...); 0 once the process has exited."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def _vm_hwm_kib(pid):
+    """The process's peak resident set (VmHWM, KiB) from /proc; 0 once it has exited."""
+    return proc_status_kib(pid, "VmHWM")
 
 
 class Stage:
