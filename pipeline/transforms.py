@@ -233,6 +233,41 @@ def random_unit(seed: int, ref: str) -> float:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0 ** 64
 
 
+class TimeCutoffs(beam.PTransform):
+    """The time cutoffs that leave `eval_fraction` (and `test_fraction`) of the events after them: a
+    singleton dict {'eval_start': ts[, 'test_start': ts]} from approximate quantiles of the event times
+    (to within 0.1% of the events); {} when there are no events.
+
+    `mdr preprocess` computes them in a first pass of their own and hands them to `SplitEvents` as
+    explicit cutoffs: on Beam's local multi-process runner, a split whose cutoffs are a side input
+    computed from the same events lost records at 3M rows (docs/results.md, "Cost against the work").
+    """
+
+    def __init__(self, eval_fraction: float, test_fraction: float = 0.0):
+        super().__init__()
+        self._eval_q = 1.0 - eval_fraction - test_fraction
+        self._test_q = 1.0 - test_fraction
+        self._with_test = test_fraction > 0
+
+    def expand(self, events):
+        eval_q, test_q, with_test = self._eval_q, self._test_q, self._with_test
+
+        def to_cutoffs(quantiles):
+            if not quantiles:
+                return {}
+            # quantiles[i] is the i/1000 quantile of the event times.
+            cut = {"eval_start": int(quantiles[int(round(eval_q * 1000))])}
+            if with_test:
+                cut["test_start"] = int(quantiles[int(round(test_q * 1000))])
+            return cut
+
+        return (events
+                | "TimestampsOfEvents" >> beam.Map(lambda e: e["timestamp"])
+                | "BatchTimestamps" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
+                | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(1001, input_batched=True)
+                | "QuantilesToCutoffs" >> beam.Map(to_cutoffs))
+
+
 class SplitEvents(beam.PTransform):
     """Events with their `split`: the source's split column, a time cutoff, or a seeded random draw.
 
@@ -288,22 +323,7 @@ class SplitEvents(beam.PTransform):
                 cut["test_start"] = self._test_start
             cutoffs = events.pipeline | "CreateTimeCutoffs" >> beam.Create([cut])
         else:
-            eval_q = 1.0 - self._eval_fraction - self._test_fraction
-            test_q = 1.0 - self._test_fraction
-            with_test = self._test_fraction > 0
-
-            def to_cutoffs(quantiles):
-                # quantiles[i] is the i/1000 quantile of the event times.
-                cut = {"eval_start": int(quantiles[int(round(eval_q * 1000))])}
-                if with_test:
-                    cut["test_start"] = int(quantiles[int(round(test_q * 1000))])
-                return cut
-
-            cutoffs = (events
-                       | "TimestampsOfEvents" >> beam.Map(lambda e: e["timestamp"])
-                       | "BatchTimestamps" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
-                       | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(1001, input_batched=True)
-                       | "QuantilesToCutoffs" >> beam.Map(to_cutoffs))
+            cutoffs = events | "TimeCutoffs" >> TimeCutoffs(self._eval_fraction, self._test_fraction)
 
         def assign_time(event, cut):
             if event["split"] is None:

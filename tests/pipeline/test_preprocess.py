@@ -110,6 +110,9 @@ def test_synthetic_job_counts_and_readback(synthetic_data):
     assert max(r["timestamp"] for r in train) < cut <= min(r["timestamp"] for r in evals)
     assert 0.05 < len(evals) / (len(train) + len(evals)) < 0.15
     assert any(r["hist_len"] == 8 for r in train)
+    # The cutoffs came from a first pass (preprocess.compute_time_cutoffs), whose answer file is gone.
+    assert meta["config"]["eval_start"] == str(cut)
+    assert not os.path.exists(os.path.join(out, preprocess.TIME_CUTOFFS_FILE))
 
 
 def test_random_split_is_seeded(tmp_path, synthetic_raw):

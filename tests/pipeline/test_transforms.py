@@ -62,6 +62,17 @@ def test_split_events_by_time_quantile():
         assert_that(cut | beam.Map(lambda c: 798 <= c["eval_start"] <= 801), equal_to([True]), label="CheckCut")
 
 
+def test_time_cutoffs_by_fraction_and_of_no_events():
+    with TestPipeline() as p:
+        cut = p | beam.Create([{"timestamp": ts} for ts in range(1000)]) | T.TimeCutoffs(0.2, 0.1)
+        # eval from the 0.7 quantile, test from the 0.9 quantile of 0..999, to within one value
+        assert_that(cut | beam.Map(lambda c: (699 <= c["eval_start"] <= 701, 899 <= c["test_start"] <= 901)),
+                    equal_to([(True, True)]))
+    with TestPipeline() as p:
+        cut = p | beam.Create([]) | T.TimeCutoffs(0.1)
+        assert_that(cut, equal_to([{}]))
+
+
 def test_random_unit_depends_on_file_name_not_folder():
     assert T.random_unit(1, "/a/x.csv:3") == T.random_unit(1, "gs://b/x.csv:3")
     assert T.random_unit(1, "/a/x.csv:3") != T.random_unit(2, "/a/x.csv:3")
