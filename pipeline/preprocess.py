@@ -45,6 +45,7 @@ from pipeline.tfrecords import WriteTFRecords
 
 LOCAL_RUNNER_ARGS = ["--runner=DirectRunner", "--direct_running_mode=multi_processing",
                      "--default_sdk_harness_log_level=CRITICAL"]
+IN_PROCESS_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]  # later flags win
 
 
 class FlagError(ValueError):
@@ -303,11 +304,12 @@ def compute_time_cutoffs(config: PreprocessConfig, source: sources.Source, optio
     The main job then splits by explicit cutoffs. Computing them inside it (a side input from the same
     events) lost records on Beam's local multi-process runner at 3M rows (three runs, a different shortfall
     each; the same input and job with the cutoffs given reconciled: docs/results.md, "Cost against the
-    work"); the pass costs one more read and parse of the input.
+    work"). The pass reads and parses each file where it is read, and only the partial quantiles leave
+    the worker; on the local runner it runs in this process (no worker processes to start or feed).
     """
     path = os.path.join(config.output, TIME_CUTOFFS_FILE)
     with beam.Pipeline(options=options) as p:
-        lines = p | "ReadRawLines" >> T.ReadRawLines(source.input_patterns(), source.has_header)
+        lines = p | "ReadRawLines" >> T.ReadRawLines(source.input_patterns(), source.has_header, spread=False)
         events, _ = lines | "ParseEvents" >> T.ParseEvents(source)
         (events
          | "TimeCutoffs" >> T.TimeCutoffs(config.eval_fraction, config.test_fraction)
@@ -451,7 +453,8 @@ def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = No
     watcher = progress.Watcher(progress_callback, progress_every) if progress_callback and local else None
     try:
         if config.split == "time" and config.time_cutoffs()[0] is None:
-            config = with_time_cutoffs(config, compute_time_cutoffs(config, source, options))
+            first_pass = PipelineOptions(args + IN_PROCESS_ARGS) if local else options
+            config = with_time_cutoffs(config, compute_time_cutoffs(config, source, first_pass))
         with watcher or contextlib.nullcontext():
             with beam.Pipeline(options=options) as p:
                 build_pipeline(p, config, source, progress_dir=watcher.folder if watcher else None)

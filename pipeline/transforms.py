@@ -123,20 +123,23 @@ class ReadRawLines(beam.PTransform):
     Args:
         patterns: file patterns (local, gs://, ...); .gz/.bz2 files are decompressed.
         skip_header: drop the first line of every file (CSV headers are not rows).
+        spread: reshuffle the lines over the workers (a file is read by one worker); off for a pass
+            whose work per line is small next to shipping the line (`TimeCutoffs`' first pass).
     """
 
-    def __init__(self, patterns: Sequence[str], skip_header: bool):
+    def __init__(self, patterns: Sequence[str], skip_header: bool, spread: bool = True):
         super().__init__()
         self._patterns = list(patterns)
         self._skip_header = skip_header
+        self._spread = spread
 
     def expand(self, pbegin):
-        return (pbegin
-                | "CreateFilePatterns" >> beam.Create(self._patterns)
-                | "MatchInputFiles" >> fileio.MatchAll()
-                | "OpenInputFiles" >> fileio.ReadMatches()
-                | "ReadLinesWithPosition" >> beam.ParDo(_ReadLinesFn(self._skip_header))
-                | "SpreadLinesOverWorkers" >> beam.Reshuffle())
+        lines = (pbegin
+                 | "CreateFilePatterns" >> beam.Create(self._patterns)
+                 | "MatchInputFiles" >> fileio.MatchAll()
+                 | "OpenInputFiles" >> fileio.ReadMatches()
+                 | "ReadLinesWithPosition" >> beam.ParDo(_ReadLinesFn(self._skip_header)))
+        return lines | "SpreadLinesOverWorkers" >> beam.Reshuffle() if self._spread else lines
 
 
 class _ParseEventsFn(beam.DoFn):

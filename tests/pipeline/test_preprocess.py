@@ -146,9 +146,11 @@ def test_gzip_input_and_truncated_gzip(tmp_path):
         helpers.run_job("csv", str(bad_dir), str(tmp_path / "out2"), mapping=helpers.SAMPLE_MAPPING)
     assert not preprocess.is_complete(str(tmp_path / "out2"))
     assert not glob.glob(str(tmp_path / "out2" / "**" / "beam-temp-*"), recursive=True)  # no leftovers
-    # The command: one line on stderr (the workers print their tracebacks to a log file it names).
+    # The command: one line on stderr (the workers print their tracebacks to a log file it names). A random
+    # split, so that the worker processes meet the file (a time split's first pass reads it in this process:
+    # that is the run_job above).
     done = subprocess.run([sys.executable, "-m", "mdr.cli", "preprocess", "--source", "csv", "--input", str(bad_dir),
-                           "--mapping", helpers.SAMPLE_MAPPING, "--output", str(tmp_path / "out3")],
+                           "--mapping", helpers.SAMPLE_MAPPING, "--output", str(tmp_path / "out3"), "--split", "random"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     lines = done.stderr.splitlines()
