@@ -35,6 +35,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from mdr_contract.artifacts import (DEFAULT_SIGNATURE, EXAMPLES_INPUT, EXAMPLES_SIGNATURE, RANK_ITEMS_INPUT,
                                     RANK_SIGNATURE, RANKER, RECOMMENDER, RETRIEVAL)
 from serving.feature_store import FeatureStore, to_examples
+from serving.tensors import tensor_proto
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,24 @@ class Client:
                 message = f"{message or 'Deadline Exceeded'} (timeout {self.timeout if timeout is None else timeout} s)"
             raise ServingError(code, message, model) from None
 
+    def predict_request(self, model: str, inputs: Mapping[str, np.ndarray], signature: str = DEFAULT_SIGNATURE,
+                        version: Optional[int] = None, output_filter: Sequence[str] = ()
+                        ) -> predict_pb2.PredictRequest:
+        """The `PredictRequest` that `predict` sends (same arguments): for load tests and other callers
+        that send requests themselves."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model
+        request.model_spec.signature_name = signature
+        if version is not None:
+            request.model_spec.version.value = version
+        request.output_filter.extend(output_filter)
+        for name, value in inputs.items():
+            array = np.asarray(value)
+            if array.dtype.kind == "U":  # numpy unicode: send UTF-8 bytes
+                array = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
+            request.inputs[name].CopyFrom(tensor_proto(array))
+        return request
+
     def predict(self, model: str, inputs: Mapping[str, np.ndarray], signature: str = DEFAULT_SIGNATURE,
                 version: Optional[int] = None, output_filter: Sequence[str] = (),
                 timeout: Optional[float] = None) -> Dict[str, np.ndarray]:
@@ -141,7 +160,7 @@ class Client:
         Args:
             model: the model name.
             inputs: input name -> array (strings as bytes/str, numbers with the dtype the signature
-                declares; `tf.make_tensor_proto` keeps the array's dtype).
+                declares; the array's dtype is kept, as `tf.make_tensor_proto` keeps it).
             signature: the signature name.
             version: a version number, or None for the latest the server has.
             output_filter: the outputs wanted (default all).
@@ -153,17 +172,7 @@ class Client:
         Raises:
             ServingError: the RPC failed (status code and the server's message).
         """
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = model
-        request.model_spec.signature_name = signature
-        if version is not None:
-            request.model_spec.version.value = version
-        request.output_filter.extend(output_filter)
-        for name, value in inputs.items():
-            array = np.asarray(value)
-            if array.dtype.kind == "U":  # numpy unicode: send UTF-8 bytes
-                array = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(array)
-            request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
+        request = self.predict_request(model, inputs, signature, version, output_filter)
         response = self._call(self._predict.Predict, request, model, timeout)
         return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
 

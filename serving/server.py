@@ -59,6 +59,7 @@ from serving import config as cfg
 from serving.batching import BatchScheduler, batchable
 from serving.request_checks import RequestError, check_inputs, describe_signature
 from serving.servables import MAX_ERROR_CHARS, Servable, ServedModel
+from serving.tensors import tensor_proto
 
 logger = logging.getLogger(__name__)
 
@@ -383,7 +384,7 @@ class ModelServer:
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = key
         for name in wanted:
-            response.outputs[name].CopyFrom(tf.make_tensor_proto(outputs[name]))
+            response.outputs[name].CopyFrom(tensor_proto(outputs[name]))
         return response
 
     def _get_model_metadata(self, request, context):
