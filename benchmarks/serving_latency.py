@@ -1,7 +1,8 @@
 """Latency of the served models over gRPC vs in-process, and throughput under concurrent clients.
 
     python -m benchmarks.serving_latency [--export-dir DIR --store FILE] [--k 100] [--items 100]
-        [--requests 200] [--threads 8] [--load-requests 50] [--mode both|latency|load]
+        [--requests 200] [--threads 8] [--load-requests 50] [--rounds 3] [--load-calls candidates,scores]
+        [--mode both|latency|load|batch-cost] [--batch-sizes 1,2,4,8]
 
 The export (`mdr export` / `mdr demo` output) is served by the embedded `serving.server.ModelServer`
 in this process, on 127.0.0.1. Without `--export-dir`, `runs/demo/export` is used, after running
@@ -21,19 +22,27 @@ each timed two ways with the same inputs:
   (`Client.recommend`; in-process: its signature), and the two calls it replaces (`Client.recommend`
   with `recommender_model=None`; in-process: the `retrieval` signature, then the ranker's on the
   candidates' features).
-Each path gets `--warmup` untimed calls first. Prints p50 / p99 per call and the ratio gRPC /
-in-process: the cost of going through the server.
+The two paths take turns query by query, after `--warmup` untimed calls of each. Prints p50 / p99 per
+call and the ratio gRPC / in-process: the cost of going through the server.
 
-Load mode: `--threads` clients (one channel each) send `--load-requests` requests each, alternating
-candidates and scores; prints the throughput, p50 / p99 per kind and the failed requests, for a server
-without and with batching (`--batching both`, the default: `enable_batching` with the export's
-`batching.config`), and the ratio of their throughputs. `--json FILE` writes every figure.
+Load mode: `--threads` clients, each a process of its own with one channel, send `--load-requests`
+prebuilt requests each (what `Client.candidates` / `Client.scores` send, serialized once beforehand, so
+the clients' Python neither shares the server's interpreter nor costs much CPU), cycling through
+`--load-calls` (default: candidates and scores alternating). A server without and one with batching
+(`--batching both`, the default: `enable_batching` with the export's `batching.config`) are both up and
+take turns for `--rounds` rounds. Prints the median throughput over rounds, p50 / p99 per kind, the
+failed requests and the model runs per round, and the ratio of the throughputs. `--json FILE` writes
+every figure.
+
+Batch-cost mode: the retrieval signature and the scores' (`rank` of the recommender, else the ranker)
+run in process on the merged inputs of 1, 2, 4, ... users (`--batch-sizes`): p50 per call and per
+user, which is what merging requests can save.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -100,15 +109,19 @@ def in_process_call(signature, inputs_info, columns):
     return {k: v.numpy() for k, v in signature(**tensors).items()}
 
 
-def time_calls(fn, work, warmup):
+def time_pairs(local_call, grpc_call, work, warmup):
+    """Seconds of each call of the two paths on every query of `work`, the paths taking turns query by
+    query (a drift of the machine's speed hits both alike), after `warmup` untimed queries of each."""
     for args in work[:warmup]:
-        fn(*args)
-    out = []
+        local_call(*args)
+        grpc_call(*args)
+    local, remote = [], []
     for args in work:
-        start = time.perf_counter()
-        fn(*args)
-        out.append(time.perf_counter() - start)
-    return out
+        for fn, out in ((local_call, local), (grpc_call, remote)):
+            start = time.perf_counter()
+            fn(*args)
+            out.append(time.perf_counter() - start)
+    return percentiles(local), percentiles(remote)
 
 
 def latency(server, client, store, export_dir, args):
@@ -135,8 +148,7 @@ def latency(server, client, store, export_dir, args):
             def local_call(domain, user, items, signature=signature, info=info):
                 return in_process_call(signature, info, store.features(user, domain, items))
 
-        local = percentiles(time_calls(local_call, work, args.warmup))
-        remote = percentiles(time_calls(grpc_call, work, args.warmup))
+        local, remote = time_pairs(local_call, grpc_call, work, args.warmup)
         size = f"K={args.k}" if call == "candidates" else f"{args.items} items"
         rows.append((f"{call} ({size})", f"{model} v{version}", *local, *remote))
     rows += rank_rows(server, client, store, export_dir, args, work)
@@ -162,8 +174,7 @@ def rank_rows(server, client, store, export_dir, args, work):
     def grpc_call(domain, user, items):
         return client.scores(domain, user, items, store, recommender_model=model)
 
-    local = percentiles(time_calls(local_call, work, args.warmup))
-    remote = percentiles(time_calls(grpc_call, work, args.warmup))
+    local, remote = time_pairs(local_call, grpc_call, work, args.warmup)
     return [(f"scores ({args.items} items), user sent once", f"{model} v{version} `rank`", *local, *remote)]
 
 
@@ -198,48 +209,140 @@ def recommend_rows(server, client, store, export_dir, args, work):
             ("recommend, one call", f"{args.recommender_model} v{version}", one_local, one_grpc),
             ("recommend, two calls", f"{retrieval} v{first_version} + {ranker} v{second_version}", two_local,
              two_grpc)):
-        local = percentiles(time_calls(local_call, work, args.warmup))
-        remote = percentiles(time_calls(grpc_call, work, args.warmup))
+        local, remote = time_pairs(local_call, grpc_call, work, args.warmup)
         rows.append((f"{name} (K={args.k}, top 10)", model, *local, *remote))
     return rows
 
 
-def load(server, store, args):
-    """Throughput and latency of `args.threads` concurrent clients; returns a dict of figures."""
-    from serving import client as sc
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
-    work = queries(store, 64, args.items)
-    results, lock = [], threading.Lock()
 
-    def run(index):
-        with sc.Client(server.address, timeout=30.0) as client:
-            for n in range(-2, args.load_requests):  # two untimed warm-up calls
-                domain, user, items = work[(index * 5 + n) % len(work)]
-                kind = "candidates" if n % 2 == 0 else "scores"
-                start = time.perf_counter()
-                error = None
-                try:
-                    if kind == "candidates":
-                        client.candidates(domain, user, args.k, store, model=args.retrieval_models[0])
-                    else:
-                        client.scores(domain, user, items, store, model=args.ranker_model)
-                except sc.ServingError as e:
-                    error = str(e)
-                if n >= 0:
-                    with lock:
-                        results.append((kind, time.perf_counter() - start, error))
+def load_requests(client, store, args, n=64):
+    """`n` serialized `PredictRequest`s (kind, bytes), cycling through `args.load_calls`: what
+    `Client.candidates` and `Client.scores` send for the queries of `queries`."""
+    from serving.client import _conform
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(args.threads)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    figures = {"requests": len(results), "failed": sum(e is not None for _, _, e in results), "seconds": seconds}
+    def request(model, signature, columns):
+        info = client.signature_inputs(model, signature)
+        inputs = {name: _conform(columns[name], dtype, shape) for name, (dtype, shape) in info.items()}
+        return client.predict_request(model, inputs, signature=signature).SerializeToString()
+
+    import numpy as np
+
+    out = []
+    for i, (domain, user, items) in enumerate(queries(store, n, args.items)):
+        kind = args.load_calls[i % len(args.load_calls)]
+        if kind == "candidates":
+            out.append((kind, request(args.retrieval_models[0], artifacts.DEFAULT_SIGNATURE, store.features(user, domain))))
+        elif args.rank:  # what Client.scores sends when the export has a recommender: the user once
+            columns = {**store.features(user, domain), artifacts.RANK_ITEMS_INPUT: np.array([items], dtype=object)}
+            out.append((kind, request(args.recommender_model, artifacts.RANK_SIGNATURE, columns)))
+        else:
+            out.append((kind, request(args.ranker_model, artifacts.DEFAULT_SIGNATURE, store.features(user, domain, items))))
+    return out
+
+
+def client_process(address, payloads, count, offset):
+    """One load client, in its own process (only gRPC imported): sends `count` of the prebuilt
+    `payloads` after two untimed ones; returns (kind, start, end, error) per timed call."""
+    import grpc
+
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20),
+                                                 ("grpc.max_receive_message_length", 64 << 20)]) as channel:
+        predict = channel.unary_unary(PREDICT_METHOD)  # bytes in, bytes out
+        out = []
+        for n in range(-2, count):
+            kind, payload = payloads[(offset + n) % len(payloads)]
+            start, error = time.time(), None
+            try:
+                predict(payload, timeout=30.0)
+            except grpc.RpcError as e:
+                error = f"{e.code().name}: {e.details()}"
+            if n >= 0:
+                out.append((kind, start, time.time(), error))
+        return out
+
+
+def load(server, payloads, args):
+    """One round of `args.threads` concurrent clients, each in its own process sending prebuilt
+    requests (the clients' Python does not share the server's interpreter): (kind, start, end, error)
+    per timed call."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(args.threads) as pool:
+        per_client = pool.starmap(client_process, [(server.address, payloads, args.load_requests, 5 * i)
+                                                   for i in range(args.threads)])
+    return [r for rows in per_client for r in rows]
+
+
+def load_figures(rounds, model_runs):
+    """Figures of a server's load rounds: requests/s per round and their median, p50 / p99 per kind over
+    every round's calls, failed calls, and model runs per round."""
+    import numpy as np
+
+    calls = [r for rows in rounds for r in rows]
+    rates = [len(rows) / (max(r[2] for r in rows) - min(r[1] for r in rows)) for rows in rounds]
+    figures = {"rates": rates, "rate": float(np.median(rates)), "requests": len(calls),
+               "failed": sum(e is not None for *_, e in calls), "model_runs": model_runs / len(rounds)}
     for kind in ("candidates", "scores"):
-        figures[kind] = percentiles([s for k, s, e in results if k == kind and e is None])
+        times = [end - start for k, start, end, e in calls if k == kind and e is None]
+        figures[kind] = percentiles(times) if times else None
     return figures
+
+
+def load_mix(args):
+    """The load's calls in words, e.g. "candidates K=100 and scores of 100 items alternating"."""
+    words = {"candidates": f"candidates K={args.k}", "scores": f"scores of {args.items} items"}
+    calls = [words[c] for c in args.load_calls]
+    return calls[0] + " only" if len(set(args.load_calls)) == 1 else " and ".join(calls) + " alternating"
+
+
+def batch_cost(store, export_dir, args):
+    """Rows (signature, users per call, users or items scored per call, p50 ms, p50 ms per user) of each batchable call
+    run in process on the merged inputs of 1, 2, 4, ... users: what merging requests can save."""
+    import numpy as np
+    import tensorflow as tf
+
+    from serving.client import _conform
+
+    calls = [(args.retrieval_models[0], artifacts.DEFAULT_SIGNATURE, "candidates")]
+    if os.path.isdir(os.path.join(export_dir, args.recommender_model)):
+        calls.append((args.recommender_model, artifacts.RANK_SIGNATURE, "scores"))
+    else:
+        calls.append((args.ranker_model, artifacts.DEFAULT_SIGNATURE, "scores"))
+    work = queries(store, max(args.batch_sizes), args.items)
+    rows = []
+    for model, name, kind in calls:
+        signature, version = load_signature(export_dir, model, name)
+        specs = signature.structured_input_signature[1]
+        for users in args.batch_sizes:
+            columns = []
+            for domain, user, items in work[:users]:
+                if kind == "candidates":
+                    columns.append(store.features(user, domain))
+                elif name == artifacts.RANK_SIGNATURE:
+                    columns.append({**store.features(user, domain),
+                                    artifacts.RANK_ITEMS_INPUT: np.array([items], dtype=object)})
+                else:
+                    columns.append(store.features(user, domain, items))
+            tensors = {k: tf.constant(np.concatenate([_conform(c[k], spec.dtype, tuple(spec.shape)) for c in columns]))
+                       for k, spec in specs.items()}
+            scored = users * args.items if kind == "scores" else users
+            seconds = []
+            for n in range(args.warmup + args.requests):
+                start = time.perf_counter()
+                {k: v.numpy() for k, v in signature(**tensors).items()}
+                if n >= args.warmup:
+                    seconds.append(time.perf_counter() - start)
+            p50 = percentiles(seconds)[0]
+            rows.append((f"{model} v{version} `{name}`", users, scored, p50, p50 / users))
+    return rows
+
+
+def format_batch_cost(rows):
+    lines = ["| signature | users per call | users or items scored | p50 ms | p50 ms per user |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {name} | {users} | {scored} | {p50:.2f} | {per:.2f} |" for name, users, scored, p50, per in rows]
+    return "\n".join(lines)
 
 
 def format_latency(rows):
@@ -255,15 +358,15 @@ def format_latency(rows):
 
 def format_load(by_mode):
     """A markdown table of `load` figures per server mode, with throughput relative to the first mode."""
-    lines = ["| server | requests/s | vs first | model runs | candidates p50 / p99 ms | scores p50 / p99 ms | "
+    lines = ["| server | requests/s (median of rounds) | vs first | model runs per round | candidates p50 / p99 ms | scores p50 / p99 ms | "
              "failed |", "|---|---|---|---|---|---|---|"]
     base = None
     for mode, f in by_mode.items():
-        rate = f["requests"] / f["seconds"]
+        rate = f["rate"]
         base = base or rate
-        (c50, c99), (s50, s99) = f["candidates"], f["scores"]
-        lines.append(f"| {mode} | {rate:.1f} | {rate / base:.2f}x | {f['model_runs']} | {c50:.2f} / {c99:.2f} | "
-                     f"{s50:.2f} / {s99:.2f} | {f['failed']} |")
+        cells = ["-" if f[kind] is None else f"{f[kind][0]:.2f} / {f[kind][1]:.2f}" for kind in ("candidates", "scores")]
+        lines.append(f"| {mode} | {rate:.1f} | {rate / base:.2f}x | {f['model_runs']:.0f} | {cells[0]} | {cells[1]} | "
+                     f"{f['failed']} |")
     return "\n".join(lines)
 
 
@@ -272,13 +375,20 @@ def main(argv=None):
     parser.add_argument("--export-dir", help="an `mdr export` folder (default: runs/demo/export)")
     parser.add_argument("--store", help="preprocessing output folder with the feature store; default: the one "
                         "next to the export (<export-dir>/../data)")
-    parser.add_argument("--mode", default="both", choices=("both", "latency", "load"))
+    parser.add_argument("--mode", default="both", choices=("both", "latency", "load", "batch-cost"),
+                        help="both = latency and load; batch-cost: each batchable call in process on the merged "
+                        "inputs of --batch-sizes users")
+    parser.add_argument("--batch-sizes", default="1,2,4,8", type=lambda s: [int(v) for v in s.split(",")],
+                        help="batch-cost mode: users per call")
     parser.add_argument("--k", type=int, default=100, help="candidates per retrieval request")
     parser.add_argument("--items", type=int, default=100, help="items per ranker request")
     parser.add_argument("--requests", type=int, default=200, help="timed calls per path (latency mode)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed calls per path first")
     parser.add_argument("--threads", type=int, default=8, help="concurrent clients (load mode)")
     parser.add_argument("--load-requests", type=int, default=50, help="requests per client (load mode)")
+    parser.add_argument("--rounds", type=int, default=3, help="load mode: rounds per server, the servers taking turns")
+    parser.add_argument("--load-calls", default="candidates,scores", type=lambda s: s.split(","),
+                        help="load mode: the calls each client cycles through (candidates, scores)")
     parser.add_argument("--retrieval-models", default="retrieval,retrieval_scann",
                         help="comma-separated retrieval models to time (the first one is used in load mode)")
     parser.add_argument("--ranker-model", default="ranker")
@@ -291,6 +401,8 @@ def main(argv=None):
     parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
     args.retrieval_models = [m for m in args.retrieval_models.split(",") if m]
+    if not args.load_calls or set(args.load_calls) - {"candidates", "scores"}:
+        parser.error(f"--load-calls takes candidates and/or scores, comma-separated. Received: {','.join(args.load_calls)}")
 
     if args.export_dir:
         export_dir = args.export_dir
@@ -312,6 +424,10 @@ def main(argv=None):
                            batching_parameters_file=batching_file if enable and os.path.exists(batching_file) else None)
 
     results = {"export_dir": export_dir, "cpus": os.cpu_count(), "args": vars(args)}
+    if args.mode == "batch-cost":
+        cost = batch_cost(store, export_dir, args)
+        print(format_batch_cost(cost))
+        results["batch_cost"] = [dict(zip(("signature", "users", "scored", "p50_ms", "p50_ms_per_user"), r)) for r in cost]
     if args.mode in ("both", "latency"):
         with server_for(args.batching == "on") as server, sc.Client(server.address, timeout=30.0) as client:
             print(f"serving {', '.join(server.model_names)} of {export_dir} on {server.address}; "
@@ -323,26 +439,38 @@ def main(argv=None):
         results["latency"] = [dict(zip(("call", "model", "local_p50_ms", "local_p99_ms", "grpc_p50_ms",
                                         "grpc_p99_ms"), row)) for row in rows]
     if args.mode in ("both", "load"):
-        results["load"] = {}
-        for enable in {"off": [False], "on": [True], "both": [False, True]}[args.batching]:
-            with server_for(enable) as server:
-                figures = load(server, store, args)
-                figures["model_runs"] = server.stats().get("model_runs", 0)
-            results["load"]["batching" if enable else "no batching"] = figures
-        print(f"\nload: {args.threads} threads x {args.load_requests} requests (candidates K={args.k} / scores "
-              f"of {args.items} items, alternating)")
+        modes = {"batching" if enable else "no batching": enable
+                 for enable in {"off": [False], "on": [True], "both": [False, True]}[args.batching]}
+        with contextlib.ExitStack() as stack:
+            servers = {mode: stack.enter_context(server_for(enable)) for mode, enable in modes.items()}
+            with sc.Client(next(iter(servers.values())).address, timeout=30.0) as client:
+                args.rank = args.recommender_model in next(iter(servers.values())).model_names
+                payloads = load_requests(client, store, args)  # the same requests for every server
+            rounds = {mode: [] for mode in servers}
+            for _ in range(args.rounds):  # the servers take turns, so a drift of the machine's speed hits both
+                for mode, server in servers.items():
+                    rounds[mode].append(load(server, payloads, args))
+            results["load"] = {mode: load_figures(rounds[mode], server.stats().get("model_runs", 0))
+                               for mode, server in servers.items()}
+        print(f"\nload: {args.threads} clients x {args.load_requests} requests ({load_mix(args)}), "
+              f"{args.rounds} round(s) per server")
         print(format_load(results["load"]))
     if args.results:
         from benchmarks import results as saved
 
         tables = []
+        if "batch_cost" in results:
+            tables.append(f"Model calls in process on the merged inputs of several users ({args.items} items per user "
+                          f"for scores), {args.requests} calls per row after {args.warmup}, {os.cpu_count()} CPU(s).\n\n"
+                          + format_batch_cost(cost))
         if "load" in results:
-            tables.append(f"Load: {args.threads} clients x {args.load_requests} requests, candidates K={args.k} and "
-                          f"scores of {args.items} items alternating, {os.cpu_count()} CPU(s), clients in the "
-                          f"server's process.\n\n" + format_load(results["load"]))
+            tables.append(f"Load: {args.threads} clients x {args.load_requests} requests, {load_mix(args)}, "
+                          f"{args.rounds} round(s) per server taking turns, {os.cpu_count()} CPU(s), each client a "
+                          "process sending prebuilt requests.\n\n" + format_load(results["load"]))
         if "latency" in results:
-            tables.append(f"Latency: {args.requests} sequential calls per row after {args.warmup} warm-up calls, "
-                          f"{os.cpu_count()} CPU(s), client in the server's process; ratio = gRPC / in-process.\n\n"
+            tables.append(f"Latency: {args.requests} sequential calls per row and path after {args.warmup} warm-up "
+                          f"calls, the paths taking turns, {os.cpu_count()} CPU(s), client in the server's process; "
+                          "ratio = gRPC / in-process.\n\n"
                           + format_latency(rows))
         print(f"wrote {saved.save(args.results, (chr(10) * 2).join(tables), results, 'benchmarks.serving_latency', argv if argv is not None else sys.argv[1:])}")
     if args.json:

@@ -1,5 +1,6 @@
-"""Smoke tests of the performance benchmarks (benchmarks/input_pipeline.py, benchmarks/stage_memory.py) on
-tiny inputs: they run, print the expected table rows with positive numbers, and write their JSON.
+"""Smoke tests of the performance benchmarks (benchmarks/input_pipeline.py, benchmarks/stage_memory.py,
+benchmarks/serving_latency.py) on tiny inputs: they run, print the expected table rows with positive
+numbers, and write their JSON.
 The numbers themselves are measured by running the scripts, never asserted here."""
 import json
 
@@ -128,3 +129,67 @@ def test_scann_vs_exact_on_a_trained_models_vectors_with_a_tuned_index(tiny_mode
     saved = json.loads(out.read_text())
     assert saved["vectors"] == "model" and saved["target_recall"] == 0.9 and len(saved["results"]) == 3
     assert all(r["queries_per_second"]["8"] > 0 for r in saved["results"])
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_models, tmp_path_factory):
+    """The session's tiny models exported (retrieval, ranker, recommender): (export dir, data dir)."""
+    from serving import export as ex
+
+    data_dir, retrieval_dir, ranker_dir = tiny_models
+    export_dir = str(tmp_path_factory.mktemp("serving_bench") / "export")
+    ex.export_models(retrieval_dir, ranker_dir, data_dir, export_dir, k=10)
+    return export_dir, data_dir
+
+
+def test_serving_load_sends_prebuilt_requests_from_client_processes(tiny_export, tmp_path, capsys):
+    from benchmarks import serving_latency
+
+    export_dir, data_dir = tiny_export
+    out = tmp_path / "load.json"
+    assert serving_latency.main(["--export-dir", export_dir, "--store", data_dir, "--mode", "load", "--threads", "2",
+                                 "--load-requests", "3", "--rounds", "2", "--items", "5",
+                                 "--json", str(out)]) == 0
+    load = json.loads(out.read_text())["load"]
+    assert set(load) == {"no batching", "batching"}
+    for figures in load.values():
+        # 2 clients x 3 timed calls x 2 rounds, every one answered OK by the server it was sent to.
+        assert figures["requests"] == 12 and figures["failed"] == 0
+        assert len(figures["rates"]) == 2 and all(r > 0 for r in figures["rates"])
+        assert figures["candidates"][0] > 0 and figures["scores"][0] > 0
+        # Each round runs the model once per request (4 warm-up + 6 timed) unless batching merged some.
+        assert 0 < figures["model_runs"] <= 10
+    assert load["no batching"]["model_runs"] == 10
+    rows = table_rows(capsys.readouterr().out)
+    assert number(rows["no batching"][1]) == 1.0  # vs first
+
+
+def test_serving_load_of_candidates_only_and_a_bad_call_name(tiny_export, tmp_path, capsys):
+    from benchmarks import serving_latency
+
+    export_dir, data_dir = tiny_export
+    out = tmp_path / "load.json"
+    assert serving_latency.main(["--export-dir", export_dir, "--store", data_dir, "--mode", "load", "--threads", "1",
+                                 "--load-requests", "2", "--rounds", "1", "--batching", "off",
+                                 "--load-calls", "candidates", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["load"]["no batching"]
+    assert figures["requests"] == 2 and figures["scores"] is None
+    assert "candidates K=100 only" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        serving_latency.main(["--export-dir", export_dir, "--mode", "load", "--load-calls", "candidates,ranks"])
+    assert "--load-calls takes candidates and/or scores" in capsys.readouterr().err
+
+
+def test_serving_batch_cost_times_merged_calls(tiny_export, tmp_path, capsys):
+    from benchmarks import serving_latency
+
+    export_dir, data_dir = tiny_export
+    out = tmp_path / "cost.json"
+    assert serving_latency.main(["--export-dir", export_dir, "--store", data_dir, "--mode", "batch-cost",
+                                 "--batch-sizes", "1,3", "--requests", "3", "--warmup", "1", "--items", "5",
+                                 "--json", str(out)]) == 0
+    cost = json.loads(out.read_text())["batch_cost"]
+    assert [(r["users"], r["scored"]) for r in cost] == [(1, 1), (3, 3), (1, 5), (3, 15)]
+    assert cost[0]["signature"].startswith("retrieval v1 `serving_default`")
+    assert cost[2]["signature"].startswith("recommender v1 `rank`")
+    assert all(r["p50_ms"] > 0 and abs(r["p50_ms_per_user"] * r["users"] - r["p50_ms"]) < 1e-9 for r in cost)
