@@ -87,6 +87,11 @@ class RankerConfig:
         d3_head: give a baseline (`dnn`, `din`, `mha`, `shared-bottom`, `mmoe`, `ple`, `star`) the
             D3 head (DSFS + fusion gate + DBO), as D3 does with its backbones. The `ranker*` models
             decide their head by name and ignore it.
+        backbone: the `ranker*` models' network between the features (with the pooled sequence) and
+            the D3 head: None (default) for ADS's prediction MLP (`mlp_units`, eq. 13), or one of the
+            multi-domain backbones (`shared-bottom`, `mmoe`, `ple`, `star`, sized by the fields below),
+            which D3's head then transforms, as D3 plugs into its backbones (D3 Sec. 4). The baselines
+            decide their network by name and ignore it.
         sequence_pooling: how the multi-domain baselines (`shared-bottom`, `mmoe`, `ple`, `star`)
             pool the behaviour sequence: "mean" over the real positions (default, like the DNN
             group of ADS) or "din" target attention.
@@ -123,6 +128,7 @@ class RankerConfig:
     dsbn: bool = False
     bn_momentum: float = 0.99
     d3_head: bool = False
+    backbone: Optional[str] = None
     sequence_pooling: str = "mean"
     bottom_units: Sequence[int] = (200,)
     tower_units: Sequence[int] = (80,)
@@ -147,6 +153,8 @@ class RankerConfig:
         check_real("bn_momentum", self.bn_momentum, 0, 1)
         check_choice("dsfs_fusion", self.dsfs_fusion, WEIGHT_FUSIONS)
         check_choice("sequence_pooling", self.sequence_pooling, POOLINGS)
+        if self.backbone is not None:
+            check_choice("backbone", self.backbone, BACKBONE_MODELS)
         for name in ("dsbn", "d3_head", "star_partitioned_norm"):
             check_bool(name, getattr(self, name))
         self.domain_balance()  # DomainBalance checks the DBO fields (and names them)
@@ -381,6 +389,7 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
       (activation unit, no softmax) + MLP; `mha`: MHA target attention + MLP (the ADS backbones).
     - `shared-bottom`, `mmoe`, `ple`, `star`: the multi-domain backbones of `mdr_keras.layers` over
       the features and the sequence pooled by `config.sequence_pooling`, then `Dense(1)`.
+    - `config.backbone`: a `ranker*` model's prediction MLP replaced by that multi-domain backbone.
     - `config.d3_head`: a baseline gets the D3 head (DSFS over the fields, transforming its MLP input
       or its backbone's output, D3's plug-in) and DBO.
     """
@@ -405,8 +414,9 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
     elif model == "din" or (model in BACKBONE_MODELS and c.sequence_pooling == "din"):
         attention = TargetAttention("din", hidden_units=list(c.din_units), name="target_attention")
     mlp_units = c.mlp_units
-    if model in BACKBONE_MODELS:  # ending in a ReLU layer, which `Dense(1)` or DSFS reads
-        backbone = make_backbone(model, D, c, output_activation="relu", name="backbone")
+    network = model if model in BACKBONE_MODELS else c.backbone if ranker else None
+    if network is not None:  # ending in a ReLU layer, which `Dense(1)` or DSFS reads
+        backbone = make_backbone(network, D, c, output_activation="relu", name="backbone")
         mlp_units = ()  # the backbone is the network; Dense(1) (after DSFS with the D3 head) on top
     d3 = model in ("ranker", "ranker-no-pcrg", "ranker-no-pcrg-psrg", "ranker-no-dbo") or (not ranker and c.d3_head)
     dsfs = DomainSensitiveFeatureSelection(c.dsfs_units, field_units=c.dsfs_field_units, fusion=c.dsfs_fusion,

@@ -25,6 +25,8 @@ def first_batch(data_dir, split="train", size=32):
     ("din", {"d3_head": True, "dsfs_fusion": "mul"}),
     ("ranker", {"dsfs_weight_rank": None}),  # D3's full generated weight (the paper's form)
     ("ranker", {"chunk_size": 10, "dsbn": True, "mlp_units": [], "dropout": 0.1}),  # chunk > T = 8: one query
+    ("ranker", {"backbone": "mmoe"}),  # ADS + D3 on a multi-domain backbone instead of the prediction MLP
+    ("ranker-no-dsfs", {"backbone": "star"}),
 ])
 def test_every_model_scores_a_batch(synthetic_data, model, config):
     data_dir, _ = synthetic_data
@@ -38,6 +40,10 @@ def test_every_model_scores_a_batch(synthetic_data, model, config):
         not model.startswith("ranker") and config.get("d3_head", False))
     assert (m.dsfs is not None) == d3
     assert (m.balance is not None) == (d3 and model != "ranker-no-dbo")
+    # A backbone replaces the prediction MLP: baselines by name, the ranker models by config.
+    network = model if model in ("shared-bottom", "mmoe", "ple", "star") else config.get("backbone")
+    assert (m.backbone is not None) == (network is not None)
+    assert len(m.hidden) == (0 if network is not None else len(config.get("mlp_units", (200, 80))))
 
 
 @pytest.mark.parametrize("model", ["ranker", "din", "dnn", "mmoe"])
@@ -175,7 +181,8 @@ def test_weights_save_and_load(synthetic_data, tmp_path):
 
 
 @pytest.mark.parametrize("model,config", [("ranker", {}), ("ranker-no-dbo", {}), ("din", {}),
-                                          ("star", {"d3_head": True}), ("mmoe", {"dsbn": True})])
+                                          ("star", {"d3_head": True}), ("mmoe", {"dsbn": True}),
+                                          ("ranker", {"backbone": "ple"})])
 def test_model_config_round_trip_same_predictions(synthetic_data, model, config):
     from tests.mdr_keras.layer_checks import assert_config_round_trip
 
@@ -210,6 +217,7 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     ({"eta": 0}, "`eta` must be > 0"),
     ({"dsfs_fusion": "prod"}, "`dsfs_fusion` must be one of"),
     ({"sequence_pooling": "max"}, "`sequence_pooling` must be one of"),
+    ({"backbone": "mlp"}, "`backbone` must be one of"),
     ({"d3_head": 1}, "`d3_head` must be a bool"),
     ({"dsfs_weight_rank": 0}, "`dsfs_weight_rank` must be None or an int >= 1"),
     ({"dbo_start_fraction": 1.5}, r"`dbo_start_fraction` must be a number in \[0.0, 1.0\]"),
