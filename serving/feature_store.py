@@ -194,8 +194,8 @@ class FeatureStore:
         """
         user = self.user_features(user_id, domain, cold_start=cold_start)
         rows = 1 if item_ids is None else len(item_ids)
-        # The user's values are encoded once and the row repeated (references, for bytes): encoding them
-        # per item cost more than the ranker's own call on 100 items.
+        # The user's values are encoded once and the row repeated (references, for bytes): a 100-item ranker
+        # request repeats three 50-string behaviour sequences, 15,000 strings to encode one by one otherwise.
         out = {k: np.repeat(to_array(self.spec[k], [v]), rows, axis=0) for k, v in user.items()}
         if item_ids is not None:
             out.update({k: to_array(self.spec[k], v) for k, v in self.item_features(item_ids, domain).items()})
