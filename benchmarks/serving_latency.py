@@ -166,10 +166,8 @@ def rank_rows(server, client, store, export_dir, args, work):
     info = client.signature_inputs(model, artifacts.RANK_SIGNATURE)
 
     def local_call(domain, user, items):
-        import numpy as np
-
-        columns = {**store.features(user, domain), artifacts.RANK_ITEMS_INPUT: np.array([items], dtype=object)}
-        return in_process_call(signature, info, columns)
+        return in_process_call(signature, info, call_columns(store, "scores", artifacts.RANK_SIGNATURE, domain, user,
+                                                             items))
 
     def grpc_call(domain, user, items):
         return client.scores(domain, user, items, store, recommender_model=model)
@@ -217,28 +215,41 @@ def recommend_rows(server, client, store, export_dir, args, work):
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 
 
-def load_requests(client, store, args, n=64):
+def call_target(kind, args, export_dir):
+    """(model, signature) a call of `kind` goes to: candidates to the first retrieval model; scores to the
+    recommender's `rank` where the export has one (what `Client.scores` calls), else to the ranker."""
+    if kind == "candidates":
+        return args.retrieval_models[0], artifacts.DEFAULT_SIGNATURE
+    if os.path.isdir(os.path.join(export_dir, args.recommender_model)):
+        return args.recommender_model, artifacts.RANK_SIGNATURE
+    return args.ranker_model, artifacts.DEFAULT_SIGNATURE
+
+
+def call_columns(store, kind, signature, domain, user, items):
+    """The feature columns of one query for a call of `kind` to `signature`: the user's features, plus the
+    item ids (`rank`: the user once) or the items' features on the user's replicated rows (the ranker)."""
+    import numpy as np
+
+    if kind == "candidates":
+        return store.features(user, domain)
+    if signature == artifacts.RANK_SIGNATURE:
+        return {**store.features(user, domain), artifacts.RANK_ITEMS_INPUT: np.array([items], dtype=object)}
+    return store.features(user, domain, items)
+
+
+def load_requests(client, store, export_dir, args, n=64):
     """`n` serialized `PredictRequest`s (kind, bytes), cycling through `args.load_calls`: what
     `Client.candidates` and `Client.scores` send for the queries of `queries`."""
     from serving.client import _conform
 
-    def request(model, signature, columns):
-        info = client.signature_inputs(model, signature)
-        inputs = {name: _conform(columns[name], dtype, shape) for name, (dtype, shape) in info.items()}
-        return client.predict_request(model, inputs, signature=signature).SerializeToString()
-
-    import numpy as np
-
     out = []
     for i, (domain, user, items) in enumerate(queries(store, n, args.items)):
         kind = args.load_calls[i % len(args.load_calls)]
-        if kind == "candidates":
-            out.append((kind, request(args.retrieval_models[0], artifacts.DEFAULT_SIGNATURE, store.features(user, domain))))
-        elif args.rank:  # what Client.scores sends when the export has a recommender: the user once
-            columns = {**store.features(user, domain), artifacts.RANK_ITEMS_INPUT: np.array([items], dtype=object)}
-            out.append((kind, request(args.recommender_model, artifacts.RANK_SIGNATURE, columns)))
-        else:
-            out.append((kind, request(args.ranker_model, artifacts.DEFAULT_SIGNATURE, store.features(user, domain, items))))
+        model, signature = call_target(kind, args, export_dir)
+        columns = call_columns(store, kind, signature, domain, user, items)
+        info = client.signature_inputs(model, signature)
+        inputs = {name: _conform(columns[name], dtype, shape) for name, (dtype, shape) in info.items()}
+        out.append((kind, client.predict_request(model, inputs, signature=signature).SerializeToString()))
     return out
 
 
@@ -298,33 +309,21 @@ def load_mix(args):
 
 
 def batch_cost(store, export_dir, args):
-    """Rows (signature, users per call, users or items scored per call, p50 ms, p50 ms per user) of each batchable call
-    run in process on the merged inputs of 1, 2, 4, ... users: what merging requests can save."""
+    """Rows (signature, users per call, users or items scored per call, p50 ms, p50 ms per user) of each
+    batchable call run in process on the merged inputs of 1, 2, 4, ... users: what merging requests can save."""
     import numpy as np
     import tensorflow as tf
 
     from serving.client import _conform
 
-    calls = [(args.retrieval_models[0], artifacts.DEFAULT_SIGNATURE, "candidates")]
-    if os.path.isdir(os.path.join(export_dir, args.recommender_model)):
-        calls.append((args.recommender_model, artifacts.RANK_SIGNATURE, "scores"))
-    else:
-        calls.append((args.ranker_model, artifacts.DEFAULT_SIGNATURE, "scores"))
     work = queries(store, max(args.batch_sizes), args.items)
     rows = []
-    for model, name, kind in calls:
+    for kind in ("candidates", "scores"):
+        model, name = call_target(kind, args, export_dir)
         signature, version = load_signature(export_dir, model, name)
         specs = signature.structured_input_signature[1]
         for users in args.batch_sizes:
-            columns = []
-            for domain, user, items in work[:users]:
-                if kind == "candidates":
-                    columns.append(store.features(user, domain))
-                elif name == artifacts.RANK_SIGNATURE:
-                    columns.append({**store.features(user, domain),
-                                    artifacts.RANK_ITEMS_INPUT: np.array([items], dtype=object)})
-                else:
-                    columns.append(store.features(user, domain, items))
+            columns = [call_columns(store, kind, name, domain, user, items) for domain, user, items in work[:users]]
             tensors = {k: tf.constant(np.concatenate([_conform(c[k], spec.dtype, tuple(spec.shape)) for c in columns]))
                        for k, spec in specs.items()}
             scored = users * args.items if kind == "scores" else users
@@ -444,8 +443,7 @@ def main(argv=None):
         with contextlib.ExitStack() as stack:
             servers = {mode: stack.enter_context(server_for(enable)) for mode, enable in modes.items()}
             with sc.Client(next(iter(servers.values())).address, timeout=30.0) as client:
-                args.rank = args.recommender_model in next(iter(servers.values())).model_names
-                payloads = load_requests(client, store, args)  # the same requests for every server
+                payloads = load_requests(client, store, export_dir, args)  # the same requests for every server
             rounds = {mode: [] for mode in servers}
             for _ in range(args.rounds):  # the servers take turns, so a drift of the machine's speed hits both
                 for mode, server in servers.items():
