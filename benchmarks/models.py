@@ -162,15 +162,20 @@ def table(results, task, baseline=None, markdown=False) -> str:
 
 def merge(args, argv) -> int:
     """`--merge`: the rows of several runs in one table (a first popularity row kept, later ones dropped)."""
-    runs = []
+    runs = []  # one per --merge file: {"args": [the arguments of each run it holds], "results": [...]}
     for path in args.merge:
         try:
             with open(path) as f:
-                runs.append(json.load(f))
-        except (OSError, json.JSONDecodeError) as e:
-            print(f"benchmarks.models: error: --merge {path}: {e}", file=sys.stderr)
+                run = json.load(f)
+            # a run's results.json has its "args"; a committed table (--results) the "merged" args of its runs,
+            # so a table can grow by new runs after the run folders are gone
+            runs.append({"args": run["merged"] if "merged" in run else [run["args"]], "results": run["results"]})
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            print(f"benchmarks.models: error: --merge {path}: not a results.json of benchmarks.models ({e})",
+                  file=sys.stderr)
             return 1
-    keys = {(r["args"]["data"], r["args"]["task"], r["args"]["split"]) for r in runs}
+    every_args = [a for r in runs for a in r["args"]]
+    keys = {(a["data"], a["task"], a["split"]) for a in every_args}
     if len(keys) != 1:
         print(f"benchmarks.models: error: --merge needs runs of one data set, task and split. Received: {sorted(keys)}",
               file=sys.stderr)
@@ -197,15 +202,15 @@ def merge(args, argv) -> int:
                 seen_popularity = True
             results.append(r)
     # (files from before the schedule existed trained at a constant rate)
-    settings = sorted({f"{r['args']['epochs']} epoch(s), batch {r['args']['batch_size']}, "
-                       f"lr {r['args']['learning_rate']} ({r['args'].get('lr_schedule') or 'constant'}), "
-                       f"seed(s) {r['args']['seeds']}" for r in runs})
+    settings = sorted({f"{a['epochs']} epoch(s), batch {a['batch_size']}, "
+                       f"lr {a['learning_rate']} ({a.get('lr_schedule') or 'constant'}), "
+                       f"seed(s) {a['seeds']}" for a in every_args})
     title = f"{task} on {data} ({split} split), {'; '.join(settings)}"
     print(title)
     print(table(results, task, args.baseline))
     if args.results:
         path = results_files.save(args.results, f"{title}\n\n{table(results, task, args.baseline, markdown=True)}",
-                                  {"merged": [r["args"] for r in runs], "results": results}, "benchmarks.models", argv)
+                                  {"merged": every_args, "results": results}, "benchmarks.models", argv)
         print(f"wrote {path}")
     return 0
 
@@ -217,7 +222,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", help="comma-separated models / variants (required unless --merge)")
     parser.add_argument("--merge", nargs="+", metavar="RESULTS_JSON",
                         help="train nothing: one table of the rows of these results.json files (of one data set, "
-                             "split and task), each row's settings from its own file")
+                             "split and task), each row's settings from its own file; a committed table "
+                             "(benchmarks/results/NAME.json) counts as the runs it was merged from")
     parser.add_argument("--rename", action="append", default=[], metavar="OLD=>NEW",
                         help="with --merge: show the rows of model OLD as NEW (e.g. when a default changed since); "
                              "N:OLD=>NEW renames in the N-th --merge file only (from 1); repeatable")

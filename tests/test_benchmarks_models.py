@@ -120,3 +120,35 @@ def test_merge_builds_one_table_from_earlier_runs(tmp_path, capsys):
     other = tmp_path / "c.json"
     other.write_text(open(first).read().replace('"/d"', '"/other"'))
     assert models.main(["--merge", first, str(other)]) == 2  # one data set per table
+
+
+def test_merge_grows_a_committed_table(tmp_path, monkeypatch, capsys):
+    # The run folders of a committed table are gone on a new machine: its own JSON is merged instead.
+    import json
+
+    args = {"data": "/d", "task": "ranking", "split": "test", "epochs": 5, "batch_size": 512,
+            "learning_rate": 0.001, "lr_schedule": "cosine", "seeds": "0"}
+    metrics = {"per_domain": {"a": {"auc": 0.8, "logloss": 0.5}}, "overall": {"auc": 0.8, "logloss": 0.5}}
+    row = lambda model, seed: {"model": model, "seed": seed, "parameters": 10,  # noqa: E731
+                               "examples_per_second": 5.0, "metrics": metrics}
+    first = tmp_path / "a.json"
+    first.write_text(json.dumps({"args": args, "results": [row("ranker", 0), row("din", 0)]}))
+    saved = models.results_files.save  # the committed table goes to tmp_path, not into the repository
+    monkeypatch.setattr(models.results_files, "save",
+                        lambda *a, **k: saved(*a, **{**k, "results_dir": str(tmp_path / "results")}))
+    assert models.main(["--merge", str(first), "--baseline", "din", "--results", "table"]) == 0
+    table = tmp_path / "results" / "table.json"
+    assert json.load(open(table))["merged"] == [args]
+    later = tmp_path / "b.json"
+    later.write_text(json.dumps({"args": {**args, "seeds": "1"}, "results": [row("ranker", 1)]}))
+    capsys.readouterr()
+    assert models.main(["--merge", str(table), str(later), "--baseline", "din", "--results", "table"]) == 0
+    out = capsys.readouterr().out
+    assert "seed(s) 0; " in out and "seed(s) 1" in out  # both runs' settings in the title
+    grown = json.load(open(table))
+    assert [(r["model"], r["seed"]) for r in grown["results"]] == [("ranker", 0), ("din", 0), ("ranker", 1)]
+    assert grown["merged"] == [args, {**args, "seeds": "1"}]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": []}))
+    assert models.main(["--merge", str(bad)]) == 1
+    assert "not a results.json" in capsys.readouterr().err
