@@ -63,7 +63,8 @@ def train_config(label, task, args, seed=0):
 
     name, overrides = parse_model(label)
     return training.TrainConfig(model=name, task=task, epochs=args.epochs, batch_size=args.batch_size,
-                                learning_rate=args.learning_rate, lr_schedule=args.lr_schedule, seed=seed, patience=args.patience,
+                                learning_rate=args.learning_rate, lr_schedule=args.lr_schedule,
+                                weight_decay=args.weight_decay, seed=seed, patience=args.patience,
                                 validation_split=args.validation_split, mixed_precision=args.mixed_precision,
                                 model_config=overrides)
 
@@ -204,6 +205,7 @@ def merge(args, argv) -> int:
     # (files from before the schedule existed trained at a constant rate)
     settings = sorted({f"{a['epochs']} epoch(s), batch {a['batch_size']}, "
                        f"lr {a['learning_rate']} ({a.get('lr_schedule') or 'constant'}), "
+                       + (f"weight decay {a['weight_decay']:g}, " if a.get("weight_decay") else "") +
                        f"seed(s) {a['seeds']}" for a in every_args})
     title = f"{task} on {data} ({split} split), {'; '.join(settings)}"
     print(title)
@@ -233,6 +235,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, help="default: TrainConfig's (512)")
     parser.add_argument("--learning-rate", type=float, help="default: TrainConfig's (1e-3)")
     parser.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"), help="default: TrainConfig's (auto)")
+    parser.add_argument("--weight-decay", type=float, help="default: TrainConfig's (0: Adam)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each model is trained once per seed")
     parser.add_argument("--patience", type=int, help="default: TrainConfig's (2)")
     parser.add_argument("--validation-split", default="eval")
@@ -251,7 +254,7 @@ def main(argv=None) -> int:
     from mdr_keras import training
 
     recipe = training.TrainConfig()
-    for name in ("epochs", "batch_size", "learning_rate", "lr_schedule", "patience"):
+    for name in ("epochs", "batch_size", "learning_rate", "lr_schedule", "weight_decay", "patience"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(recipe, name))
     labels = parse_models(args.models)
@@ -274,7 +277,8 @@ def main(argv=None) -> int:
                 json.dump({"args": vars(args), "results": results}, f, indent=2)
     title = (f"{args.task} on {args.data} ({args.split} split), {args.epochs} epoch(s) (patience {args.patience}), "
              f"batch {args.batch_size} x {strategy.num_replicas_in_sync} replica(s), lr {args.learning_rate:g} "
-             f"({args.lr_schedule}), seed(s) {args.seeds}")
+             f"({args.lr_schedule}), " + (f"weight decay {args.weight_decay:g}, " if args.weight_decay else "")
+             + f"seed(s) {args.seeds}")
     print(title)
     print(table(results, args.task, args.baseline))
     with open(os.path.join(args.output, "results.md"), "w") as f:

@@ -91,7 +91,8 @@ def _train_config(args):
         except json.JSONDecodeError:
             model_config[key] = value  # a bare string, e.g. --set fusion=sum
     flags = {"model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
-             "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule, "seed": args.seed, "patience": args.patience,
+             "learning_rate": args.learning_rate, "lr_schedule": args.lr_schedule,
+             "weight_decay": args.weight_decay, "seed": args.seed, "patience": args.patience,
              "steps_per_epoch": args.steps_per_epoch, "validation_split": args.validation_split,
              "mixed_precision": args.mixed_precision or None, "task": args.task}
     from mdr_keras import training
@@ -315,6 +316,7 @@ def _number(ok, what: str):
 
 _positive = _number(lambda v: v > 0, "a number > 0")
 _fraction = _number(lambda v: 0 <= v <= 1, "a number in [0, 1]")
+_at_least_zero = _number(lambda v: 0 <= v < float("inf"), "a number >= 0")
 
 
 def _port(text):
@@ -338,7 +340,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 # `mdr train`'s flags default to the --config file's value, else to TrainConfig's (mdr_keras.training, which
 # imports TensorFlow: not loaded for --help; tests/mdr/test_cli.py checks these equal TrainConfig's).
 TRAIN_DEFAULTS = {"model": "adi", "epochs": 5, "batch_size": 512, "learning_rate": 1e-3, "lr_schedule": "auto",
-                  "seed": 0, "patience": 2,
+                  "weight_decay": 0.0, "seed": 0, "patience": 2,
                   "validation_split": "auto"}
 
 
@@ -401,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"),
                    help="the learning rate's course: constant, or a half cosine to 0 over --epochs; auto = cosine "
                         f"for ranking models, constant for retrieval (default {TRAIN_DEFAULTS['lr_schedule']})")
+    t.add_argument("--weight-decay", type=_at_least_zero,
+                   help="decoupled weight decay (AdamW) of every weight, per unit of learning rate; 0 = Adam "
+                        f"(default {TRAIN_DEFAULTS['weight_decay']})")
     t.add_argument("--seed", type=int, help=f"seed of weights, shuffling and sampling (default {TRAIN_DEFAULTS['seed']})")
     t.add_argument("--patience", type=_at_least(0),
                    help=f"early-stopping patience in epochs, 0 = off (default {TRAIN_DEFAULTS['patience']})")

@@ -62,6 +62,9 @@ class TrainConfig:
             (Scenario-Wise-Rec protocol, the ranker, 5 epochs, seed 0): test AUC 0.8148 with the cosine,
             0.8104 at a constant rate (best epoch 3 of 5 restored: the id embeddings overfit);
             docs/results.md. Retrieval's schedule is not measured yet, so it stays constant.
+        weight_decay: decoupled weight decay (AdamW, Loshchilov & Hutter 2019: every step each
+            trainable variable shrinks by `learning_rate x weight_decay` of itself, outside Adam's
+            normalisation; the optimizer D3 trains with); 0 (default) = Adam.
         seed: seed of weights, shuffling and sampling.
         patience: early stopping: epochs without improvement of the validation metric (the full-corpus
             `val_recall@50` for retrieval, `val_auc` for ranking) before stopping, restoring the best
@@ -83,6 +86,7 @@ class TrainConfig:
     batch_size: int = 512
     learning_rate: float = 1e-3
     lr_schedule: str = "auto"
+    weight_decay: float = 0.0
     seed: int = 0
     patience: int = 2
     steps_per_epoch: Optional[int] = None
@@ -97,6 +101,8 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={getattr(self, name)!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < float("inf")):
+            raise ValueError(f"`weight_decay` must be a number >= 0. Received: weight_decay={self.weight_decay!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}. Received: lr_schedule={self.lr_schedule!r}")
         if self.patience < 0:
@@ -404,7 +410,10 @@ def build_compiled_model(spec: fs.FeatureSpec, config: TrainConfig, strategy, to
         learning_rate = config.learning_rate
         if config.schedule() == "cosine":
             learning_rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=total_steps)
-        optimizer = keras.optimizers.Adam(learning_rate)
+        if config.weight_decay:
+            optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate)
         if config.mixed_precision:
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
         model.compile(optimizer=optimizer)

@@ -31,6 +31,8 @@ def mdr(*args, timeout=600):
     ({"patience": -1}, "`patience` must be >= 0"),
     ({"steps_per_epoch": 0}, "`steps_per_epoch` must be >= 1"),
     ({"lr_schedule": "linear"}, "`lr_schedule` must be one of"),
+    ({"weight_decay": -0.1}, "`weight_decay` must be a number >= 0"),
+    ({"weight_decay": "0.1"}, "`weight_decay` must be a number >= 0"),
     ({"model_config": {"no_such_knob": 1}}, "Unknown model_config keys"),
     ({"model_config": {"temperature": 0}}, "`temperature` must be > 0"),
 ])
@@ -66,6 +68,25 @@ def test_the_learning_rate_schedule_by_task_and_its_course(synthetic_data):
     model = training.build_compiled_model(spec, training.TrainConfig(model="dnn", task="retrieval", learning_rate=0.5),
                                           strategy, total_steps=100)
     assert model.optimizer.get_config()["learning_rate"] == 0.5
+
+
+def test_weight_decay_trains_with_adamw(synthetic_data):
+    import numpy as np
+    import tensorflow as tf
+
+    data_dir, _ = synthetic_data
+    spec = fs.FeatureSpec.load(data_dir)
+    strategy = training.make_strategy()
+    config = training.TrainConfig(model="dnn", task="retrieval", learning_rate=0.5, weight_decay=0.1)
+    model = training.build_compiled_model(spec, config, strategy, total_steps=100)
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    variable = model.trainable_variables[0]
+    before = variable.numpy()
+    strategy.run(lambda: model.optimizer.apply_gradients([(tf.zeros_like(variable), variable)]))
+    # a zero gradient moves nothing through Adam; the decay alone: w - 0.5 * 0.1 * w = 0.95 w
+    np.testing.assert_allclose(variable.numpy(), 0.95 * before, rtol=1e-6)
+    plain = training.build_compiled_model(spec, training.TrainConfig(model="dnn", task="retrieval"), strategy, 100)
+    assert type(plain.optimizer) is keras.optimizers.Adam
 
 
 def test_load_model_errors_are_clear(tmp_path):
