@@ -92,6 +92,9 @@ class RankerConfig:
             multi-domain backbones (`shared-bottom`, `mmoe`, `ple`, `star`, sized by the fields below),
             which D3's head then transforms, as D3 plugs into its backbones (D3 Sec. 4). The baselines
             decide their network by name and ignore it.
+        sequence_mean: the `ranker*` models also read the mean of the behaviour embeddings over the
+            real positions, beside target attention's summary of the sequence (the summary the
+            mean-pooling baselines read: MMoE beat the ranker with it on MovieLens-1M).
         sequence_pooling: how the multi-domain baselines (`shared-bottom`, `mmoe`, `ple`, `star`)
             pool the behaviour sequence: "mean" over the real positions (default, like the DNN
             group of ADS) or "din" target attention.
@@ -130,6 +133,7 @@ class RankerConfig:
     d3_head: bool = False
     backbone: Optional[str] = None
     sequence_pooling: str = "mean"
+    sequence_mean: bool = False
     bottom_units: Sequence[int] = (200,)
     tower_units: Sequence[int] = (80,)
     num_experts: int = 4
@@ -155,7 +159,7 @@ class RankerConfig:
         check_choice("sequence_pooling", self.sequence_pooling, POOLINGS)
         if self.backbone is not None:
             check_choice("backbone", self.backbone, BACKBONE_MODELS)
-        for name in ("dsbn", "d3_head", "star_partitioned_norm"):
+        for name in ("dsbn", "d3_head", "star_partitioned_norm", "sequence_mean"):
             check_bool(name, getattr(self, name))
         self.domain_balance()  # DomainBalance checks the DBO fields (and names them)
 
@@ -206,6 +210,8 @@ class RankerModel(keras.Model):
         dsfs: `DomainSensitiveFeatureSelection` (the D3 head), or None.
         balance: `DomainBalance` weighting the loss (needs `dsfs`), or None (plain BCE).
         mlp_units, dropout, dsbn, bn_momentum: the prediction MLP (hidden layers, then `Dense(1)`).
+        sequence_mean: with `attention`, also the mean of the sequence embeddings (before PSRG) over
+            the real positions, concatenated to the attention's output.
 
     Call arguments:
         inputs: dict of raw feature tensors (as `mdr_keras.data.make_dataset` yields them: strings,
@@ -224,7 +230,7 @@ class RankerModel(keras.Model):
 
     def __init__(self, encoder, embedding, features, num_domains, psrg=None, pcrg=None, attention=None,
                  backbone=None, dsfs=None, balance=None, mlp_units=(), dropout=0.0, dsbn=False, bn_momentum=0.99,
-                 **kwargs):
+                 sequence_mean=False, **kwargs):
         super().__init__(**kwargs)
         if balance is not None and dsfs is None:
             raise ValueError("DBO weights come from DSFS's attention and gate: `balance` needs `dsfs`. "
@@ -249,7 +255,8 @@ class RankerModel(keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.auc_tracker = keras.metrics.AUC(num_thresholds=2000, name="auc")
         self._mlp_config = {"mlp_units": [int(u) for u in mlp_units], "dropout": float(dropout), "dsbn": bool(dsbn),
-                            "bn_momentum": float(bn_momentum)}
+                            "bn_momentum": float(bn_momentum), "sequence_mean": bool(sequence_mean)}
+        self.sequence_mean = bool(sequence_mean) and attention is not None
 
     _LAYERS = ("encoder", "embedding", "psrg", "pcrg", "attention", "backbone", "dsfs")
 
@@ -284,16 +291,21 @@ class RankerModel(keras.Model):
         sequence = self._concat(emb, f["sequence"])  # E_S, [B, T, d_S]
         # A position is real iff it holds an item: its other fields' values do not matter at padding.
         mask = tf.not_equal(idx[fs.HIST_ITEM_ID], 0)
+        mean = None
+        if self.attention is None or self.sequence_mean:
+            real = tf.cast(mask, sequence.dtype)[..., None]
+            mean = tf.math.divide_no_nan(tf.reduce_sum(sequence * real, axis=1), tf.reduce_sum(real, axis=1))
         if self.psrg is not None:
             sequence = self.psrg([sequence, domain_features])  # eq. 2-5
         if self.attention is None:
-            real = tf.cast(mask, sequence.dtype)[..., None]
-            pooled = tf.math.divide_no_nan(tf.reduce_sum(sequence * real, axis=1), tf.reduce_sum(real, axis=1))
+            pooled = mean
         else:
             query = self._concat(emb, f["query"])  # E_Q
             if self.pcrg is not None:
                 query = self.pcrg([domain_features, query])  # eq. 6-7, [B, T, d_S]
             pooled = self.attention([query, sequence, mask])  # eq. 8-12
+            if mean is not None:
+                pooled = tf.concat([pooled, tf.cast(mean, pooled.dtype)], axis=-1)
         parts = [emb[n] for n in f["user"] + f["item"] + f["domain"]]
         x = tf.concat(parts + [tf.cast(pooled, parts[0].dtype)], axis=-1)  # eq. 13's E_all
         h, extras = x, None
@@ -425,4 +437,5 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
     balance = c.domain_balance() if d3 and model != "ranker-no-dbo" else None
     return RankerModel(encoder, embedding, f, D, psrg=psrg, pcrg=pcrg, attention=attention, backbone=backbone,
                        dsfs=dsfs, balance=balance, mlp_units=mlp_units, dropout=c.dropout, dsbn=c.dsbn,
-                       bn_momentum=c.bn_momentum, name=model.replace("-", "_"))
+                       bn_momentum=c.bn_momentum, sequence_mean=c.sequence_mean and ranker,
+                       name=model.replace("-", "_"))

@@ -27,6 +27,8 @@ def first_batch(data_dir, split="train", size=32):
     ("ranker", {"chunk_size": 10, "dsbn": True, "mlp_units": [], "dropout": 0.1}),  # chunk > T = 8: one query
     ("ranker", {"backbone": "mmoe"}),  # ADS + D3 on a multi-domain backbone instead of the prediction MLP
     ("ranker-no-dsfs", {"backbone": "star"}),
+    ("ranker", {"sequence_mean": True}),  # the mean of the sequence beside target attention's summary
+    ("ranker-no-pcrg-psrg", {"sequence_mean": True}),
 ])
 def test_every_model_scores_a_batch(synthetic_data, model, config):
     data_dir, _ = synthetic_data
@@ -44,6 +46,10 @@ def test_every_model_scores_a_batch(synthetic_data, model, config):
     network = model if model in ("shared-bottom", "mmoe", "ple", "star") else config.get("backbone")
     assert (m.backbone is not None) == (network is not None)
     assert len(m.hidden) == (0 if network is not None else len(config.get("mlp_units", (200, 80))))
+    if config.get("sequence_mean"):  # D3's fields: the sequence summary is twice as wide (attention, mean)
+        plain = build_ranker_model(fs.FeatureSpec.load(data_dir), model, RankerConfig())
+        plain(batch)
+        assert m.sequence_mean and m.dsfs.num_fields == plain.dsfs.num_fields + 3  # + d_S / e = 3 fields
 
 
 @pytest.mark.parametrize("model", ["ranker", "din", "dnn", "mmoe"])
@@ -182,7 +188,7 @@ def test_weights_save_and_load(synthetic_data, tmp_path):
 
 @pytest.mark.parametrize("model,config", [("ranker", {}), ("ranker-no-dbo", {}), ("din", {}),
                                           ("star", {"d3_head": True}), ("mmoe", {"dsbn": True}),
-                                          ("ranker", {"backbone": "ple"})])
+                                          ("ranker", {"backbone": "ple"}), ("ranker", {"sequence_mean": True})])
 def test_model_config_round_trip_same_predictions(synthetic_data, model, config):
     from tests.mdr_keras.layer_checks import assert_config_round_trip
 
@@ -219,6 +225,7 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     ({"sequence_pooling": "max"}, "`sequence_pooling` must be one of"),
     ({"backbone": "mlp"}, "`backbone` must be one of"),
     ({"d3_head": 1}, "`d3_head` must be a bool"),
+    ({"sequence_mean": "yes"}, "`sequence_mean` must be a bool"),
     ({"dsfs_weight_rank": 0}, "`dsfs_weight_rank` must be None or an int >= 1"),
     ({"dbo_start_fraction": 1.5}, r"`dbo_start_fraction` must be a number in \[0.0, 1.0\]"),
     ({"dbo_lambda_1": -1.0}, "`dbo_lambda_1` must be"),
