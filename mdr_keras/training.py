@@ -38,6 +38,7 @@ import tf_keras as keras
 from mdr_contract import artifacts
 from mdr_contract import feature_spec as fs
 from mdr_keras import data, evaluation
+from mdr_keras.layers.plumbing import check_real
 from mdr_keras.models import retrieval
 
 RANKER_TASK = "ranking"
@@ -101,8 +102,7 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={getattr(self, name)!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0. Received: learning_rate={self.learning_rate!r}")
-        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < float("inf")):
-            raise ValueError(f"`weight_decay` must be a number >= 0. Received: weight_decay={self.weight_decay!r}")
+        check_real("weight_decay", self.weight_decay, 0, float("inf"), high_open=True)  # inf would make NaN weights
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"`lr_schedule` must be one of {LR_SCHEDULES}. Received: lr_schedule={self.lr_schedule!r}")
         if self.patience < 0:

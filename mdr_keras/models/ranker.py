@@ -60,8 +60,8 @@ class RankerConfig:
             embeddings overfit without it (trained 8 epochs its validation AUC peaks at epoch 4, then
             falls as train AUC climbs to 0.87); with it the ranker's test AUC is 0.8159 +- 0.0004
             against 0.8139 +- 0.0009 at 0, and MMoE's 0.8170 +- 0.0003 against 0.8156 +- 0.0003 (3
-            seeds each; benchmarks/results/ml1m-ranking-baselines.md). Dropout in the prediction MLP (0.2) left the
-            ranker at 0.8151 (seed 0).
+            seeds each; benchmarks/results/ml1m-ranking-baselines.md). Dropout in the prediction MLP
+            (0.2) left the ranker at 0.8151 (seed 0).
         dropout: dropout after every hidden layer of the prediction MLP and the baselines.
         mlp_units: hidden widths of the prediction MLP (ADS eq. 13; after DSFS in the D3 head). May
             be empty (the D3 head is then eq. 14 exactly: DSFS -> Dense(1)).

@@ -31,8 +31,9 @@ def mdr(*args, timeout=600):
     ({"patience": -1}, "`patience` must be >= 0"),
     ({"steps_per_epoch": 0}, "`steps_per_epoch` must be >= 1"),
     ({"lr_schedule": "linear"}, "`lr_schedule` must be one of"),
-    ({"weight_decay": -0.1}, "`weight_decay` must be a number >= 0"),
-    ({"weight_decay": "0.1"}, "`weight_decay` must be a number >= 0"),
+    ({"weight_decay": -0.1}, r"`weight_decay` must be in \[0, inf\)"),
+    ({"weight_decay": "0.1"}, r"`weight_decay` must be in \[0, inf\)"),
+    ({"weight_decay": float("inf")}, r"`weight_decay` must be in \[0, inf\)"),
     ({"model_config": {"no_such_knob": 1}}, "Unknown model_config keys"),
     ({"model_config": {"temperature": 0}}, "`temperature` must be > 0"),
 ])
