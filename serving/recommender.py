@@ -6,8 +6,9 @@ features fetched in between). The recommender holds what that round trip needs, 
     e     = user_tower(request)                              [B, o]
     s, id = exact top-K of e in the row's domain              [B, K]   (`serving.index.ExactDomainIndex`)
     rows  = table[domain, id]                                 [B, K]   (a hash table over (domain, item))
-    items = the item features and item domain statistics at `rows` (constants of the graph)
-    p     = ranker(request's user features, repeated K times; items)   [B K] -> [B, K]
+    items = the ranker's indices of the item features and item domain statistics at `rows`
+            (encoded at export, variables of the graph)
+    p     = ranker(request's user features encoded once, repeated K times; items)   [B K] -> [B, K]
     answer: the K candidates ordered by p, best first (ties: retrieval order, as `tf.math.top_k` keeps)
 
 Every op is a stock TensorFlow op (no ScaNN), so stock TF Serving loads it. Its answers are those of
@@ -106,9 +107,12 @@ class RecommenderModule(tf.Module):
         self.table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(keys, tf.string), tf.range(len(keys), dtype=tf.int64)),
             default_value=-1)
+        # The ranker's indices of the candidates' features, looked up once here rather than per request.
         # Variables, not constants: a big item table stays out of the graph proto (2 GB limit).
-        self.item_columns = {n: tf.Variable(feature_store.to_array(spec[n], columns[n]), trainable=False,
-                                            name=f"items_{n}") for n in self.item_inputs}
+        encoded = ranker_model.encoder({n: tf.constant(feature_store.to_array(spec[n], columns[n]))
+                                        for n in self.item_inputs})
+        self.item_columns = {n: tf.Variable(encoded[n], trainable=False, name=f"items_{n}")
+                             for n in self.item_inputs}
 
     def _ranked(self, raw: Dict[str, tf.Tensor], ids: tf.Tensor):
         """`(probability [B, N], known [B, N])` of the ranker for each row's items `ids` (0 where unknown)."""
@@ -118,10 +122,13 @@ class RecommenderModule(tf.Module):
         rows = self.table.lookup(keys)  # [B, N]; -1 for an item the row's domain does not have (or padding)
         known = rows >= 0
         flat_rows = tf.reshape(tf.maximum(rows, 0), [-1])
-        ranker_raw = {name: tf.repeat(raw[name], n, axis=0) for name in self.user_inputs}  # each user row N times
+        # Each user row's features are encoded once (three behaviour sequences of strings), then repeated N times.
+        user = self.ranker_model.encoder({name: raw[name] for name in self.user_inputs})
+        idx = {name: tf.repeat(value, n, axis=0) for name, value in user.items()}
         for name in self.item_inputs:
-            ranker_raw[name] = tf.gather(self.item_columns[name], flat_rows)
-        probability = tf.reshape(self.ranker_model(ranker_raw, training=False)["probability"], [-1, n])
+            idx[name] = tf.gather(self.item_columns[name], flat_rows)
+        logit, _ = self.ranker_model.forward_encoded(idx, training=False)
+        probability = tf.reshape(tf.sigmoid(logit), [-1, n])
         return tf.where(known, probability, tf.zeros_like(probability)), known
 
     def rank_outputs(self, raw: Dict[str, tf.Tensor], item_ids: tf.Tensor) -> Dict[str, tf.Tensor]:

@@ -292,8 +292,12 @@ class RankerModel(keras.Model):
     @tf.autograph.experimental.do_not_convert
     def forward(self, inputs, training=None):
         """(logit [B] float32, DSFS outputs {'attention', 'specific_gate'} or None) of raw `inputs`."""
+        return self.forward_encoded(self.encoder(inputs), training=training)
+
+    @tf.autograph.experimental.do_not_convert
+    def forward_encoded(self, idx, training=None):
+        """`forward` of the encoder's indices `idx` (numeric ops only: no string lookups)."""
         f = self.features
-        idx = self.encoder(inputs)
         emb = self.embedding(idx)
         domain = tf.reshape(idx[fs.DOMAIN], [-1])
         domain_features = self._concat(emb, f["domain"])  # E_D
