@@ -396,6 +396,10 @@ def main(argv=None):
     parser.add_argument("--batching", default="both", choices=("off", "on", "both"),
                         help="load mode: the server without, with, or without and then with batching")
     parser.add_argument("--batching-parameters-file", help="batching parameters (default: the export's batching.config)")
+    parser.add_argument("--intra-op-threads", type=int, default=0,
+                        help="TensorFlow's intra-op pool of this process (servers and in-process calls); 0: TF's choice")
+    parser.add_argument("--inter-op-threads", type=int, default=0,
+                        help="TensorFlow's inter-op pool of this process; 0: TF's choice")
     parser.add_argument("--json", help="write the figures to this JSON file")
     parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
@@ -412,7 +416,9 @@ def main(argv=None):
 
     from serving import client as sc
     from serving.feature_store import FeatureStore
-    from serving.server import ModelServer
+    from serving.server import ModelServer, set_tensorflow_threads
+
+    set_tensorflow_threads(args.intra_op_threads, args.inter_op_threads)  # before the store or a model runs an op
 
     store = FeatureStore.load(store_path)
     config = os.path.join(export_dir, artifacts.MODELS_CONFIG)
@@ -456,18 +462,21 @@ def main(argv=None):
     if args.results:
         from benchmarks import results as saved
 
+        threads = (f", TensorFlow thread pools intra-op {args.intra_op_threads} / inter-op {args.inter_op_threads}"
+                   if args.intra_op_threads or args.inter_op_threads else "")
+
         tables = []
         if "batch_cost" in results:
             tables.append(f"Model calls in process on the merged inputs of several users ({args.items} items per user "
-                          f"for scores), {args.requests} calls per row after {args.warmup}, {os.cpu_count()} CPU(s).\n\n"
+                          f"for scores), {args.requests} calls per row after {args.warmup}, {os.cpu_count()} CPU(s){threads}.\n\n"
                           + format_batch_cost(cost))
         if "load" in results:
             tables.append(f"Load: {args.threads} clients x {args.load_requests} requests, {load_mix(args)}, "
-                          f"{args.rounds} round(s) per server taking turns, {os.cpu_count()} CPU(s), each client a "
+                          f"{args.rounds} round(s) per server taking turns, {os.cpu_count()} CPU(s){threads}, each client a "
                           "process sending prebuilt requests.\n\n" + format_load(results["load"]))
         if "latency" in results:
             tables.append(f"Latency: {args.requests} sequential calls per row and path after {args.warmup} warm-up "
-                          f"calls, the paths taking turns, {os.cpu_count()} CPU(s), client in the server's process; "
+                          f"calls, the paths taking turns, {os.cpu_count()} CPU(s){threads}, client in the server's process; "
                           "ratio = gRPC / in-process.\n\n"
                           + format_latency(rows))
         print(f"wrote {saved.save(args.results, (chr(10) * 2).join(tables), results, 'benchmarks.serving_latency', argv if argv is not None else sys.argv[1:])}")

@@ -206,7 +206,8 @@ def _serve(args) -> int:
     server.serve(args.model_config_file, port=args.port, host=args.host, poll_interval=args.poll_seconds,
                  max_workers=args.max_workers, max_batch_size=args.max_batch_size, on_ready=ready,
                  batching_parameters_file=parameters if args.enable_batching else None,
-                 enable_batching=args.enable_batching)
+                 enable_batching=args.enable_batching, intra_op_threads=args.tensorflow_intra_op_parallelism,
+                 inter_op_threads=args.tensorflow_inter_op_parallelism)
     return 0
 
 
@@ -459,6 +460,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge concurrent requests into one model call (TF Serving's --enable_batching)")
     v.add_argument("--batching-parameters-file",
                    help="with --enable-batching: TF Serving batching parameters (default: the export's batching.config)")
+    v.add_argument("--tensorflow-intra-op-parallelism", type=_at_least(0), default=0,
+                   help="threads that split one TensorFlow op (TF Serving's flag of that name; 0: one per core)")
+    v.add_argument("--tensorflow-inter-op-parallelism", type=_at_least(0), default=0,
+                   help="threads running independent TensorFlow ops (TF Serving's flag of that name; 0: one per core)")
 
     q = sub.add_parser("query", formatter_class=_Help, help="ask a model server for candidates (retrieval) or scores (ranker)")
     q.add_argument("what", choices=("candidates", "scores"),

@@ -485,11 +485,38 @@ class _ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
                                     self._server._unimplemented("HandleReloadConfigRequest"), request, context)
 
 
+def set_tensorflow_threads(intra_op: int = 0, inter_op: int = 0) -> None:
+    """Sizes TensorFlow's thread pools for this process (TF Serving's `--tensorflow_intra_op_parallelism`
+    and `--tensorflow_inter_op_parallelism`); 0 leaves TensorFlow's choice (one thread per core each).
+
+    A model server runs many small calls at once: threads splitting one small op (intra-op) mostly
+    wait on each other, while independent ops and concurrent requests (inter-op) can use the cores.
+    Must run before TensorFlow runs any op in the process.
+
+    Raises:
+        ValueError: a count is not an integer >= 0, or TensorFlow already runs with other pool sizes.
+    """
+    for name, value in (("intra_op", intra_op), ("inter_op", inter_op)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"`{name}` must be an integer >= 0 (0: TensorFlow's choice). Received: {name}={value!r}")
+    current = (tf.config.threading.get_intra_op_parallelism_threads(),
+               tf.config.threading.get_inter_op_parallelism_threads())
+    if current == (intra_op, inter_op):
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+    except RuntimeError:  # TensorFlow's runtime already started: its pools are fixed for the process
+        raise ValueError(f"TensorFlow already runs in this process with intra_op={current[0]}, "
+                         f"inter_op={current[1]}: set the thread pools before any model is loaded. "
+                         f"Received: intra_op={intra_op}, inter_op={inter_op}") from None
+
+
 def serve(model_config_file: str, port: int = DEFAULT_PORT, host: str = "127.0.0.1",
           poll_interval: float = cfg.DEFAULT_POLL_SECONDS, max_workers: int = 8,
           maximum_concurrent_rpcs: Optional[int] = None, max_batch_size: Optional[int] = None,
           batching_parameters_file: Optional[str] = None, enable_batching: bool = False,
-          max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+          max_message_bytes: int = DEFAULT_MESSAGE_BYTES, intra_op_threads: int = 0, inter_op_threads: int = 0,
           on_ready: Optional[Callable[[ModelServer], None]] = None, grace: float = 5.0) -> None:
     """Serves `model_config_file` until interrupted (Ctrl-C or SIGTERM); what `mdr serve` runs.
 
@@ -501,9 +528,11 @@ def serve(model_config_file: str, port: int = DEFAULT_PORT, host: str = "127.0.0
         max_workers, maximum_concurrent_rpcs, max_batch_size, batching_parameters_file, enable_batching:
             see `ModelServer`.
         max_message_bytes: largest request and response.
+        intra_op_threads, inter_op_threads: TensorFlow's thread pools (`set_tensorflow_threads`).
         on_ready: called with the started server (e.g. to print its address).
         grace: seconds RPCs in progress get to finish on shutdown.
     """
+    set_tensorflow_threads(intra_op_threads, inter_op_threads)
     server = ModelServer(model_config_file, host=host, port=port, max_workers=max_workers,
                          maximum_concurrent_rpcs=maximum_concurrent_rpcs, max_send_message_bytes=max_message_bytes,
                          max_receive_message_bytes=max_message_bytes, poll_interval=poll_interval,

@@ -169,7 +169,8 @@ def test_serve_then_query_and_recommend_from_other_processes(demo_run):
     code, _, out = demo_run
     assert code == 0
     server = subprocess.Popen([sys.executable, "-m", "mdr.cli", "serve", "--model-config-file",
-                               os.path.join(out, "export", "models.config"), "--port", "0"],
+                               os.path.join(out, "export", "models.config"), "--port", "0",
+                               "--tensorflow-intra-op-parallelism", "1", "--tensorflow-inter-op-parallelism", "2"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = ""

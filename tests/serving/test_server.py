@@ -441,3 +441,33 @@ def test_serve_blocks_until_sigterm(export_dir):
 def test_server_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ModelServer(**kwargs)
+
+
+@pytest.mark.parametrize("intra_op, inter_op, name", [(-1, 0, "intra_op"), (0, 1.5, "inter_op"), (True, 0, "intra_op")])
+def test_thread_pools_refuse_bad_counts(intra_op, inter_op, name):
+    from serving.server import set_tensorflow_threads
+
+    with pytest.raises(ValueError, match=f"`{name}` must be an integer >= 0"):
+        set_tensorflow_threads(intra_op, inter_op)
+
+
+def test_thread_pools_are_set_before_tensorflow_runs_and_refused_after():
+    """In a fresh process the pools take the counts; once an op ran, other counts get a one-line error."""
+    code = ("import tensorflow as tf\n"
+            "from serving.server import set_tensorflow_threads\n"
+            "set_tensorflow_threads(1, 2)\n"
+            "tf.constant(1.0) + 1.0\n"
+            "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+            " tf.config.threading.get_inter_op_parallelism_threads())\n"
+            "set_tensorflow_threads(1, 2)  # the same counts again: nothing to change\n"
+            "try:\n"
+            "    set_tensorflow_threads(2, 2)\n"
+            "except ValueError as error:\n"
+            "    print(error)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == "1 2"
+    assert lines[1].startswith("TensorFlow already runs in this process with intra_op=1, inter_op=2")
+    assert "Received: intra_op=2, inter_op=2" in lines[1]
