@@ -62,6 +62,8 @@ class RankerConfig:
             against 0.8139 +- 0.0009 at 0, and MMoE's 0.8170 +- 0.0003 against 0.8156 +- 0.0003 (3
             seeds each; benchmarks/results/ml1m-ranking-baselines.md). Dropout in the prediction MLP
             (0.2) left the ranker at 0.8151 (seed 0).
+        head_l2: L2 regularization of the D3 head's kernels (DSFS, its weight generators and fusion
+            gate): `head_l2 x` their sum of squares is added to the loss. Default 0.
         dropout: dropout after every hidden layer of the prediction MLP and the baselines.
         mlp_units: hidden widths of the prediction MLP (ADS eq. 13; after DSFS in the D3 head). May
             be empty (the D3 head is then eq. 14 exactly: DSFS -> Dense(1)).
@@ -117,6 +119,7 @@ class RankerConfig:
 
     embedding_dim: int = 16
     l2: float = 1e-5
+    head_l2: float = 0.0
     dropout: float = 0.0
     mlp_units: Sequence[int] = (200, 80)
     attention_heads: int = 2
@@ -161,6 +164,7 @@ class RankerConfig:
                                                   allow_empty=name in ("mlp_units", "dsfs_gate_units"))))
         check_int("dsfs_weight_rank", self.dsfs_weight_rank, none_ok=True)
         check_real("l2", self.l2, 0)
+        check_real("head_l2", self.head_l2, 0)
         check_real("dropout", self.dropout, 0, 1, high_open=True)
         check_real("eta", self.eta, 0, low_open=True)
         check_real("bn_momentum", self.bn_momentum, 0, 1)
@@ -446,6 +450,7 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
     d3 = model in ("ranker", "ranker-no-pcrg", "ranker-no-pcrg-psrg", "ranker-no-dbo") or (not ranker and c.d3_head)
     dsfs = DomainSensitiveFeatureSelection(c.dsfs_units, field_units=c.dsfs_field_units, fusion=c.dsfs_fusion,
                                            gate_units=list(c.dsfs_gate_units), weight_rank=c.dsfs_weight_rank,
+                                           kernel_regularizer=keras.regularizers.l2(c.head_l2) if c.head_l2 else None,
                                            name="dsfs") if d3 else None
     balance = c.domain_balance() if d3 and model != "ranker-no-dbo" else None
     return RankerModel(encoder, embedding, f, D, psrg=psrg, pcrg=pcrg, attention=attention, backbone=backbone,

@@ -52,6 +52,21 @@ def test_every_model_scores_a_batch(synthetic_data, model, config):
         assert m.sequence_mean and m.dsfs.num_fields == plain.dsfs.num_fields + 3  # + d_S / e = 3 fields
 
 
+def test_head_l2_penalises_the_d3_heads_kernels(synthetic_data):
+    """`head_l2` adds head_l2 x the sum of squares of DSFS's (and its fusion gate's) kernels, and only those."""
+    data_dir, _ = synthetic_data
+    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
+    plain = build_ranker_model(spec, "ranker", RankerConfig())
+    m = build_ranker_model(spec, "ranker", RankerConfig(head_l2=1e-3))
+    plain(batch), m(batch)
+    kernels = [w for w in m.dsfs.trainable_weights if "kernel" in w.name]
+    assert len(kernels) >= 8  # query, key, field, residual, the generators, the gate's layers
+    expected = 1e-3 * sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
+    assert float(tf.add_n(m.dsfs.losses)) == pytest.approx(expected, rel=1e-5)
+    assert not plain.dsfs.losses
+    assert len(m.losses) == len(plain.losses) + len(kernels)  # the embedding penalties are unchanged
+
+
 @pytest.mark.parametrize("model", ["ranker", "din", "dnn", "mmoe"])
 def test_padded_positions_do_not_change_the_output(synthetic_data, model):
     data_dir, meta = synthetic_data
@@ -229,6 +244,7 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     ({"dsfs_weight_rank": 0}, "`dsfs_weight_rank` must be None or an int >= 1"),
     ({"dbo_start_fraction": 1.5}, r"`dbo_start_fraction` must be a number in \[0.0, 1.0\]"),
     ({"dbo_lambda_1": -1.0}, "`dbo_lambda_1` must be"),
+    ({"head_l2": -1e-4}, "`head_l2` must be >= 0"),
 ])
 def test_config_errors_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
