@@ -192,9 +192,15 @@ def merge(args, argv) -> int:
             renames[(int(number), name)] = new
         else:
             renames[(None, old)] = new
+    drops = set()  # (file number or None, name): rows left out (a run's other models, shown in another table)
+    for item in args.drop:
+        number, colon, name = item.partition(":")
+        drops.add((int(number), name) if colon and number.isdigit() else (None, item))
     results, seen_popularity = [], False
     for number, run in enumerate(runs, 1):
         for r in run["results"]:
+            if (number, r["model"]) in drops or (None, r["model"]) in drops:
+                continue
             name = renames.get((number, r["model"]), renames.get((None, r["model"]), r["model"]))
             r = {**r, "model": name}
             if r["model"] == POPULARITY:
@@ -226,6 +232,9 @@ def main(argv=None) -> int:
                         help="train nothing: one table of the rows of these results.json files (of one data set, "
                              "split and task), each row's settings from its own file; a committed table "
                              "(benchmarks/results/NAME.json) counts as the runs it was merged from")
+    parser.add_argument("--drop", action="append", default=[], metavar="NAME",
+                        help="with --merge: leave out the rows of model NAME (as named in its file); N:NAME in the "
+                             "N-th --merge file only; repeatable")
     parser.add_argument("--rename", action="append", default=[], metavar="OLD=>NEW",
                         help="with --merge: show the rows of model OLD as NEW (e.g. when a default changed since); "
                              "N:OLD=>NEW renames in the N-th --merge file only (from 1); repeatable")

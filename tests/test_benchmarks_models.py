@@ -117,6 +117,13 @@ def test_merge_builds_one_table_from_earlier_runs(tmp_path, capsys):
     assert models.main(["--merge", first, again, "--rename", "1:adi=>adi, before"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("  ")[0] for line in lines[2:]] == [models.POPULARITY, "adi, before", "adi"]
+    # rows left out: a model everywhere, or in one file only (its name there, before any rename)
+    assert models.main(["--merge", first, again, "--drop", "2:adi", "--rename", "1:adi=>adi, before"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines[2:]] == [models.POPULARITY, "adi, before"]
+    assert models.main(["--merge", first, second, "--drop", "adi"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[0] for line in lines[2:]] == [models.POPULARITY, "adi:fusion=sum"]
     other = tmp_path / "c.json"
     other.write_text(open(first).read().replace('"/d"', '"/other"'))
     assert models.main(["--merge", first, str(other)]) == 2  # one data set per table
