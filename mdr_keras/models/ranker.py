@@ -63,7 +63,9 @@ class RankerConfig:
             seeds each; benchmarks/results/ml1m-ranking-baselines.md). Dropout in the prediction MLP
             (0.2) left the ranker at 0.8151 (seed 0).
         head_l2: L2 regularization of the D3 head's kernels (DSFS, its weight generators and fusion
-            gate): `head_l2 x` their sum of squares is added to the loss. Default 0.
+            gate): `head_l2 x` their sum of squares is added to the loss. Default 0: on MovieLens-1M
+            (seed 0) the ranker scores 0.8152 at 1e-5 and underfits at 1e-4 (0.8107) against 0.8157
+            at 0, although the head's validation loss rises from epoch 3 without it.
         dropout: dropout after every hidden layer of the prediction MLP and the baselines.
         mlp_units: hidden widths of the prediction MLP (ADS eq. 13; after DSFS in the D3 head). May
             be empty (the D3 head is then eq. 14 exactly: DSFS -> Dense(1)).
