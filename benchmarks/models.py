@@ -182,20 +182,16 @@ def merge(args, argv) -> int:
               file=sys.stderr)
         return 2
     data, task, split = keys.pop()
+    def scoped(text):  # "N:NAME" -> (N, NAME), the N-th --merge file only; "NAME" -> (None, NAME), every file
+        number, colon, name = text.partition(":")
+        return (int(number), name) if colon and number.isdigit() else (None, text)
+
     renames = {}  # (file number or None for every file, old name) -> new name
     for item in args.rename:
         old, sep, new = item.partition("=>")
-        number, colon, name = old.partition(":")
-        if not sep:
-            continue
-        if colon and number.isdigit():
-            renames[(int(number), name)] = new
-        else:
-            renames[(None, old)] = new
-    drops = set()  # (file number or None, name): rows left out (a run's other models, shown in another table)
-    for item in args.drop:
-        number, colon, name = item.partition(":")
-        drops.add((int(number), name) if colon and number.isdigit() else (None, item))
+        if sep:
+            renames[scoped(old)] = new
+    drops = {scoped(item) for item in args.drop}  # rows left out (a run's other models, shown in another table)
     results, seen_popularity = [], False
     for number, run in enumerate(runs, 1):
         for r in run["results"]:

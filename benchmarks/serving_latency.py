@@ -418,7 +418,10 @@ def main(argv=None):
     from serving.feature_store import FeatureStore
     from serving.server import ModelServer, set_tensorflow_threads
 
-    set_tensorflow_threads(args.intra_op_threads, args.inter_op_threads)  # before the store or a model runs an op
+    try:
+        set_tensorflow_threads(args.intra_op_threads, args.inter_op_threads)  # before the store or a model runs an op
+    except ValueError as error:
+        parser.error(f"--intra-op-threads / --inter-op-threads: {error}")
 
     store = FeatureStore.load(store_path)
     config = os.path.join(export_dir, artifacts.MODELS_CONFIG)

@@ -55,6 +55,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
                                      predict_pb2, prediction_service_pb2_grpc)
 
 from mdr_contract import artifacts
+from mdr_keras.layers.plumbing import check_int
 from serving import config as cfg
 from serving.batching import BatchScheduler, batchable
 from serving.request_checks import RequestError, check_inputs, describe_signature
@@ -496,9 +497,8 @@ def set_tensorflow_threads(intra_op: int = 0, inter_op: int = 0) -> None:
     Raises:
         ValueError: a count is not an integer >= 0, or TensorFlow already runs with other pool sizes.
     """
-    for name, value in (("intra_op", intra_op), ("inter_op", inter_op)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"`{name}` must be an integer >= 0 (0: TensorFlow's choice). Received: {name}={value!r}")
+    check_int("intra_op", intra_op, low=0)
+    check_int("inter_op", inter_op, low=0)
     current = (tf.config.threading.get_intra_op_parallelism_threads(),
                tf.config.threading.get_inter_op_parallelism_threads())
     if current == (intra_op, inter_op):

@@ -447,7 +447,7 @@ def test_server_argument_errors(kwargs, match):
 def test_thread_pools_refuse_bad_counts(intra_op, inter_op, name):
     from serving.server import set_tensorflow_threads
 
-    with pytest.raises(ValueError, match=f"`{name}` must be an integer >= 0"):
+    with pytest.raises(ValueError, match=f"`{name}` must be an int >= 0"):
         set_tensorflow_threads(intra_op, inter_op)
 
 
