@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tf_keras as keras
 
-from mdr_keras.layers.plumbing import check_real, check_units
+from mdr_keras.layers.plumbing import check_activation, check_real, check_units, serialize_activation
 
 
 @keras.utils.register_keras_serializable(package="mdr")
@@ -14,8 +14,10 @@ class MLPBackbone(keras.layers.Layer):
     """A plain MLP over the concatenated features: the YouTube-DNN baseline (one network for all domains).
 
     Args:
-        units: hidden and output sizes; the last layer is linear.
+        units: hidden and output sizes.
         dropout: dropout rate after hidden layers.
+        output_activation: activation of the last layer. Default None (linear); a ranker with
+            D3's head on this backbone ends it in a ReLU, as its hidden layers.
 
     Call arguments:
         inputs: `[x, domain, domain_embedding]`; only x is used (the domain embedding is already one
@@ -26,11 +28,12 @@ class MLPBackbone(keras.layers.Layer):
         Covington et al., "Deep Neural Networks for YouTube Recommendations", RecSys 2016.
     """
 
-    def __init__(self, units: Sequence[int] = (64, 32), dropout: float = 0.0, **kwargs):
+    def __init__(self, units: Sequence[int] = (64, 32), dropout: float = 0.0, output_activation=None, **kwargs):
         super().__init__(**kwargs)
         self.units = check_units("units", units)
         self.dropout = check_real("dropout", dropout, 0, 1, high_open=True)
-        self._dense = [keras.layers.Dense(u, activation="relu" if i < len(self.units) - 1 else None,
+        self.output_activation = check_activation("output_activation", output_activation, none_ok=True)
+        self._dense = [keras.layers.Dense(u, activation="relu" if i < len(self.units) - 1 else self.output_activation,
                                           name=f"dense_{i}") for i, u in enumerate(self.units)]
         self._dropout = keras.layers.Dropout(self.dropout)
 
@@ -44,7 +47,8 @@ class MLPBackbone(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"units": list(self.units), "dropout": self.dropout})
+        config.update({"units": list(self.units), "dropout": self.dropout,
+                       "output_activation": serialize_activation(self.output_activation)})
         return config
 
 

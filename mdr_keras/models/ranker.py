@@ -38,6 +38,7 @@ from mdr_keras.layers.pcrg import MultiQueryGenerator
 from mdr_keras.layers.plumbing import check_bool, check_choice, check_int, check_real, check_units
 from mdr_keras.layers.psrg import PersonalizedSequenceRepresentation
 from mdr_keras.layers.target_attention import TargetAttention
+from mdr_keras.layers.towers import MLPBackbone
 from mdr_keras.losses.domain_balance import DomainBalance, weighted_bce
 from mdr_keras.models.backbones import make_backbone
 from mdr_keras.models.parts import embedding_for, parts_config, with_parts
@@ -45,6 +46,7 @@ from mdr_keras.models.parts import embedding_for, parts_config, with_parts
 RANKER_MODELS = ("ranker", "dnn", "din", "mha", "shared-bottom", "mmoe", "ple", "star", "ranker-no-pcrg",
                  "ranker-no-pcrg-psrg", "ranker-no-dbo", "ranker-no-dsfs")
 BACKBONE_MODELS = ("shared-bottom", "mmoe", "ple", "star")
+RANKER_BACKBONES = ("mlp",) + BACKBONE_MODELS  # what a ranker* model's D3 head may sit on
 POOLINGS = ("mean", "din")
 
 
@@ -98,11 +100,13 @@ class RankerConfig:
         d3_head: give a baseline (`dnn`, `din`, `mha`, `shared-bottom`, `mmoe`, `ple`, `star`) the
             D3 head (DSFS + fusion gate + DBO), as D3 does with its backbones. The `ranker*` models
             decide their head by name and ignore it.
-        backbone: the `ranker*` models' network between the features (with the pooled sequence) and
-            the D3 head: None (default) for ADS's prediction MLP (`mlp_units`, eq. 13), or one of the
-            multi-domain backbones (`shared-bottom`, `mmoe`, `ple`, `star`, sized by the fields below),
-            which D3's head then transforms, as D3 plugs into its backbones (D3 Sec. 4). The baselines
-            decide their network by name and ignore it.
+        backbone: where the `ranker*` models put D3's head. None (default): the head reads the
+            fields and ADS's prediction MLP (`mlp_units`, eq. 13) its output. Otherwise a network
+            between the features (with the pooled sequence) and the head, whose last layer the head
+            transforms, as D3 plugs into its backbones (D3 Sec. 4): `"mlp"` (the prediction MLP
+            itself, ending in a ReLU) or a multi-domain backbone (`shared-bottom`, `mmoe`, `ple`,
+            `star`, sized by the fields below). The baselines decide their network by name and
+            ignore it.
         sequence_mean: the `ranker*` models also read the mean of the behaviour embeddings over the
             real positions, beside target attention's summary of the sequence (the summary the
             mean-pooling baselines read). Off by default: on MovieLens-1M MMoE with the mean beats
@@ -173,7 +177,10 @@ class RankerConfig:
         check_choice("dsfs_fusion", self.dsfs_fusion, WEIGHT_FUSIONS)
         check_choice("sequence_pooling", self.sequence_pooling, POOLINGS)
         if self.backbone is not None:
-            check_choice("backbone", self.backbone, BACKBONE_MODELS)
+            check_choice("backbone", self.backbone, RANKER_BACKBONES)
+            if self.backbone == "mlp" and not self.mlp_units:
+                raise ValueError("`backbone='mlp'` is the prediction MLP: `mlp_units` must not be empty. "
+                                 "Received: mlp_units=()")
         for name in ("dsbn", "d3_head", "star_partitioned_norm", "sequence_mean"):
             check_bool(name, getattr(self, name))
         self.domain_balance()  # DomainBalance checks the DBO fields (and names them)
@@ -420,7 +427,8 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
       (activation unit, no softmax) + MLP; `mha`: MHA target attention + MLP (the ADS backbones).
     - `shared-bottom`, `mmoe`, `ple`, `star`: the multi-domain backbones of `mdr_keras.layers` over
       the features and the sequence pooled by `config.sequence_pooling`, then `Dense(1)`.
-    - `config.backbone`: a `ranker*` model's prediction MLP replaced by that multi-domain backbone.
+    - `config.backbone`: a `ranker*` model's D3 head on that network's last layer (`"mlp"`: the
+      prediction MLP; else a multi-domain backbone replacing it).
     - `config.d3_head`: a baseline gets the D3 head (DSFS over the fields, transforming its MLP input
       or its backbone's output, D3's plug-in) and DBO.
     """
@@ -446,7 +454,10 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
         attention = TargetAttention("din", hidden_units=list(c.din_units), name="target_attention")
     mlp_units = c.mlp_units
     network = model if model in BACKBONE_MODELS else c.backbone if ranker else None
-    if network is not None:  # ending in a ReLU layer, which `Dense(1)` or DSFS reads
+    if network == "mlp":  # the prediction MLP as the backbone: D3's head transforms its last layer
+        backbone = MLPBackbone(mlp_units, dropout=c.dropout, output_activation="relu", name="backbone")
+        mlp_units = ()
+    elif network is not None:  # ending in a ReLU layer, which `Dense(1)` or DSFS reads
         backbone = make_backbone(network, D, c, output_activation="relu", name="backbone")
         mlp_units = ()  # the backbone is the network; Dense(1) (after DSFS with the D3 head) on top
     d3 = model in ("ranker", "ranker-no-pcrg", "ranker-no-pcrg-psrg", "ranker-no-dbo") or (not ranker and c.d3_head)

@@ -37,7 +37,20 @@ def test_shapes_and_config(units):
     assert isinstance(clone.backbone, MLPBackbone)
 
 
+def test_output_activation_applies_to_the_last_layer_only():
+    layer = MLPBackbone([2], output_activation="relu")
+    layer([tf.zeros([1, 2]), None, None])
+    layer.set_weights([np.eye(2, dtype=np.float32), np.zeros(2, np.float32)])
+    # identity kernel: relu([-1, 3]) = [0, 3]; linear by default: [-1, 3]
+    np.testing.assert_allclose(layer([tf.constant([[-1.0, 3.0]]), None, None]), [[0.0, 3.0]])
+    np.testing.assert_allclose(identity_backbone()([tf.constant([[-1.0, 3.0, 0.0]]), None, None]), [[-1.0, 3.0, 0.0]])
+    clone = layer_checks.assert_config_round_trip(layer)
+    assert clone.get_config()["output_activation"] == "relu"
+
+
 def test_bad_arguments():
+    with pytest.raises(ValueError, match="Received: output_activation="):
+        MLPBackbone([2], output_activation="wiggle")
     with pytest.raises(ValueError, match="Received: features="):
         Tower([], [], MLPBackbone([2]))
     with pytest.raises(ValueError, match="Received: backbone=None"):

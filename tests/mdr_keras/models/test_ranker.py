@@ -26,6 +26,7 @@ def first_batch(data_dir, split="train", size=32):
     ("ranker", {"dsfs_weight_rank": None}),  # D3's full generated weight (the paper's form)
     ("ranker", {"chunk_size": 10, "dsbn": True, "mlp_units": [], "dropout": 0.1}),  # chunk > T = 8: one query
     ("ranker", {"backbone": "mmoe"}),  # ADS + D3 on a multi-domain backbone instead of the prediction MLP
+    ("ranker", {"backbone": "mlp"}),  # D3's head on the prediction MLP's last layer
     ("ranker-no-dsfs", {"backbone": "star"}),
     ("ranker", {"sequence_mean": True}),  # the mean of the sequence beside target attention's summary
     ("ranker-no-pcrg-psrg", {"sequence_mean": True}),
@@ -44,6 +45,8 @@ def test_every_model_scores_a_batch(synthetic_data, model, config):
     assert (m.balance is not None) == (d3 and model != "ranker-no-dbo")
     # A backbone replaces the prediction MLP: baselines by name, the ranker models by config.
     network = model if model in ("shared-bottom", "mmoe", "ple", "star") else config.get("backbone")
+    if network == "mlp":  # the prediction MLP, ending in a ReLU, feeds the head's transformation
+        assert m.backbone.units == [200, 80] and m.dsfs.transform_dim == 80
     assert (m.backbone is not None) == (network is not None)
     assert len(m.hidden) == (0 if network is not None else len(config.get("mlp_units", (200, 80))))
     if config.get("sequence_mean"):  # D3's fields: the sequence summary is twice as wide (attention, mean)
@@ -238,7 +241,8 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     ({"eta": 0}, "`eta` must be > 0"),
     ({"dsfs_fusion": "prod"}, "`dsfs_fusion` must be one of"),
     ({"sequence_pooling": "max"}, "`sequence_pooling` must be one of"),
-    ({"backbone": "mlp"}, "`backbone` must be one of"),
+    ({"backbone": "dnn"}, "`backbone` must be one of"),
+    ({"backbone": "mlp", "mlp_units": []}, "`mlp_units` must not be empty"),
     ({"d3_head": 1}, "`d3_head` must be a bool"),
     ({"sequence_mean": "yes"}, "`sequence_mean` must be a bool"),
     ({"dsfs_weight_rank": 0}, "`dsfs_weight_rank` must be None or an int >= 1"),
