@@ -36,7 +36,12 @@ Arrays = Dict[str, np.ndarray]
 # TF Serving's defaults for the parameters a batching file leaves out (session_bundle_config.proto).
 DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_ENQUEUED_BATCHES = 10
-DEFAULT_BATCH_THREADS = 4
+# TF Serving's default is one thread per core, each running a batch on its own. Here every model call
+# already spreads over the cores (TensorFlow's intra-op pool) and each batch thread's Python holds the
+# GIL: one thread, taking whatever queued while the last batch ran, merges more and serves more. Demo
+# export, 2 cores, 8 clients of candidates K=100: 819 requests/s with 1 thread, 591 with 2, 556 with 4
+# (batch_timeout_micros 1000), 466 unbatched (docs/results.md, "Server-side batching").
+DEFAULT_BATCH_THREADS = 1
 
 
 @dataclasses.dataclass(eq=False)
@@ -71,7 +76,8 @@ class BatchScheduler:
         max_batch_size: rows of the largest merged batch.
         batch_timeout_micros: how long the oldest request of a partial batch may wait for more.
         max_enqueued_batches: a queue refuses requests beyond this many batches' worth of rows.
-        num_batch_threads: threads running batches (each runs one model call at a time).
+        num_batch_threads: threads running batches (each runs one model call at a time). Default 1
+            (see `DEFAULT_BATCH_THREADS`; TF Serving's is one per core).
         allowed_batch_sizes: sizes batches are padded up to (increasing, the last = `max_batch_size`).
     """
 

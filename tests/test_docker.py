@@ -127,6 +127,7 @@ def test_scann_image_command_parses_as_mdr_serve():
     assert not unknown, unknown
     assert (args.command, args.model_config_file, args.host, args.port) == ("serve", "/models/models.config",
                                                                             "0.0.0.0", 8500)
+    assert args.enable_batching and args.batching_parameters_file == "/models/batching.config"
 
 
 def test_train_image_runs_mdr():

@@ -18,6 +18,12 @@ from serving.server import ModelServer
 from tests.serving.saved_models import write_affine
 
 
+def test_defaults_are_tf_servings_but_one_batch_thread():
+    scheduler = BatchScheduler.from_config(cfg.BatchingConfig())
+    assert (scheduler.max_batch_size, scheduler.timeout, scheduler.max_queued_rows) == (1000, 0.0, 10 * 1000)
+    assert scheduler.num_batch_threads == 1  # TF Serving: one per core; here each call already uses every core
+
+
 class Model:
     """`y = 2 x + row-independent nothing`; records each call's batch; the first call can be held."""
 

@@ -178,6 +178,8 @@ def test_layout_configs_and_report(exported, expected):
                                                        if n != artifacts.RETRIEVAL_SCANN]
     batching = cfg.read_batching_config(os.path.join(export_dir, artifacts.BATCHING_CONFIG))
     assert batching.max_batch_size == ex.MAX_BATCH_SIZE
+    # no wait for more requests; the thread count is each server's own default
+    assert batching.batch_timeout_micros == 0 and batching.num_batch_threads is None
     assert report["configs"]["models_config"] == os.path.join(export_dir, artifacts.MODELS_CONFIG)
     # The index: each domain's whole corpus, measured against exact search.
     assert report["corpus"] == {d: len(i) for d, i in zip(spec.domains, expected["corpus_ids"])}
