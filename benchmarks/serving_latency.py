@@ -25,14 +25,15 @@ each timed two ways with the same inputs:
 The two paths take turns query by query, after `--warmup` untimed calls of each. Prints p50 / p99 per
 call and the ratio gRPC / in-process: the cost of going through the server.
 
-Load mode: `--threads` clients, each a process of its own with one channel, send `--load-requests`
-prebuilt requests each (what `Client.candidates` / `Client.scores` send, serialized once beforehand, so
-the clients' Python neither shares the server's interpreter nor costs much CPU), cycling through
-`--load-calls` (default: candidates and scores alternating). A server without and one with batching
-(`--batching both`, the default: `enable_batching` with the export's `batching.config`) are both up and
-take turns for `--rounds` rounds. Prints the median throughput over rounds, p50 / p99 per kind, the
-failed requests and the model runs per round, and the ratio of the throughputs. `--json FILE` writes
-every figure.
+Load mode: `--threads` clients, each a process of its own (started once for every round) with one
+channel per round, send `--load-requests` prebuilt requests each (what `Client.candidates` /
+`Client.scores` send, serialized once beforehand, so the clients' Python neither shares the server's
+interpreter nor costs much CPU), cycling through `--load-calls` (default: candidates and scores
+alternating). A server without and one with batching (`--batching both`, the default: `enable_batching`
+with the export's `batching.config`) are both up and take turns for `--rounds` rounds. Prints the median
+throughput over rounds, the server process's CPU time per request (what bounds its throughput on
+cores of its own; the clients share this machine's), p50 / p99 per kind, the failed requests and the
+model runs per round, and the ratios to the first server. `--json FILE` writes every figure.
 
 Batch-cost mode: the retrieval signature and the scores' (`rank` of the recommender, else the ranker)
 run in process on the merged inputs of 1, 2, 4, ... users (`--batch-sizes`): p50 per call and per
@@ -274,27 +275,40 @@ def client_process(address, payloads, count, offset):
         return out
 
 
-def load(server, payloads, args):
-    """One round of `args.threads` concurrent clients, each in its own process sending prebuilt
-    requests (the clients' Python does not share the server's interpreter): (kind, start, end, error)
-    per timed call."""
+def client_pool(args):
+    """The load's client processes (spawned once: starting Python in each took more CPU than the calls)."""
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(args.threads) as pool:
-        per_client = pool.starmap(client_process, [(server.address, payloads, args.load_requests, 5 * i)
-                                                   for i in range(args.threads)])
-    return [r for rows in per_client for r in rows]
+    return multiprocessing.get_context("spawn").Pool(args.threads)
 
 
-def load_figures(rounds, model_runs):
-    """Figures of a server's load rounds: requests/s per round and their median, p50 / p99 per kind over
-    every round's calls, failed calls, and model runs per round."""
+def load(server, payloads, args, pool):
+    """One round of `args.threads` concurrent clients of `pool`, each in its own process sending
+    prebuilt requests (the clients' Python does not share the server's interpreter): ((kind, start,
+    end, error) per timed call, CPU seconds this process (the server) spent in the round)."""
+    import resource
+
+    def cpu():
+        usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of the process
+        return usage.ru_utime + usage.ru_stime
+
+    before = cpu()
+    per_client = pool.starmap(client_process, [(server.address, payloads, args.load_requests, 5 * i)
+                                               for i in range(args.threads)])
+    return [r for rows in per_client for r in rows], cpu() - before
+
+
+def load_figures(rounds, model_runs, sent_per_round):
+    """Figures of a server's load rounds ((calls, server CPU seconds) each): requests/s per round and
+    their median, the server's CPU milliseconds per request (`sent_per_round` requests a round, the
+    clients' untimed first calls included), p50 / p99 per kind over every round's calls, failed calls, and model runs per round."""
     import numpy as np
 
-    calls = [r for rows in rounds for r in rows]
-    rates = [len(rows) / (max(r[2] for r in rows) - min(r[1] for r in rows)) for rows in rounds]
+    calls = [r for rows, _ in rounds for r in rows]
+    rates = [len(rows) / (max(r[2] for r in rows) - min(r[1] for r in rows)) for rows, _ in rounds]
     figures = {"rates": rates, "rate": float(np.median(rates)), "requests": len(calls),
-               "failed": sum(e is not None for *_, e in calls), "model_runs": model_runs / len(rounds)}
+               "failed": sum(e is not None for *_, e in calls), "model_runs": model_runs / len(rounds),
+               "server_cpu_ms": 1e3 * sum(cpu for _, cpu in rounds) / (sent_per_round * len(rounds))}
     for kind in ("candidates", "scores"):
         times = [end - start for k, start, end, e in calls if k == kind and e is None]
         figures[kind] = percentiles(times) if times else None
@@ -357,15 +371,17 @@ def format_latency(rows):
 
 def format_load(by_mode):
     """A markdown table of `load` figures per server mode, with throughput relative to the first mode."""
-    lines = ["| server | requests/s (median of rounds) | vs first | model runs per round | candidates p50 / p99 ms | scores p50 / p99 ms | "
-             "failed |", "|---|---|---|---|---|---|---|"]
-    base = None
+    lines = ["| server | requests/s (median of rounds) | vs first | server CPU ms per request | vs first | "
+             "model runs per round | candidates p50 / p99 ms | scores p50 / p99 ms | failed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    base = base_cpu = None
     for mode, f in by_mode.items():
-        rate = f["rate"]
-        base = base or rate
+        rate, cpu = f["rate"], f["server_cpu_ms"]
+        base, base_cpu = base or rate, base_cpu or cpu
         cells = ["-" if f[kind] is None else f"{f[kind][0]:.2f} / {f[kind][1]:.2f}" for kind in ("candidates", "scores")]
-        lines.append(f"| {mode} | {rate:.1f} | {rate / base:.2f}x | {f['model_runs']:.0f} | {cells[0]} | {cells[1]} | "
-                     f"{f['failed']} |")
+        # CPU per request, inverted: how many more requests the same cores serve
+        lines.append(f"| {mode} | {rate:.1f} | {rate / base:.2f}x | {cpu:.2f} | {base_cpu / cpu:.2f}x | "
+                     f"{f['model_runs']:.0f} | {cells[0]} | {cells[1]} | {f['failed']} |")
     return "\n".join(lines)
 
 
@@ -453,11 +469,14 @@ def main(argv=None):
             servers = {mode: stack.enter_context(server_for(enable)) for mode, enable in modes.items()}
             with sc.Client(next(iter(servers.values())).address, timeout=30.0) as client:
                 payloads = load_requests(client, store, export_dir, args)  # the same requests for every server
+            pool = stack.enter_context(client_pool(args))
+            pool.starmap(time.sleep, [(0.5,)] * args.threads)  # every client process started before a round
             rounds = {mode: [] for mode in servers}
             for _ in range(args.rounds):  # the servers take turns, so a drift of the machine's speed hits both
                 for mode, server in servers.items():
-                    rounds[mode].append(load(server, payloads, args))
-            results["load"] = {mode: load_figures(rounds[mode], server.stats().get("model_runs", 0))
+                    rounds[mode].append(load(server, payloads, args, pool))
+            sent = args.threads * (args.load_requests + 2)  # each client's two untimed calls ran on the server too
+            results["load"] = {mode: load_figures(rounds[mode], server.stats().get("model_runs", 0), sent)
                                for mode, server in servers.items()}
         print(f"\nload: {args.threads} clients x {args.load_requests} requests ({load_mix(args)}), "
               f"{args.rounds} round(s) per server")

@@ -159,9 +159,10 @@ def test_serving_load_sends_prebuilt_requests_from_client_processes(tiny_export,
         assert figures["candidates"][0] > 0 and figures["scores"][0] > 0
         # Each round runs the model once per request (4 warm-up + 6 timed) unless batching merged some.
         assert 0 < figures["model_runs"] <= 10
+        assert figures["server_cpu_ms"] > 0  # the server process's CPU time per request it answered
     assert load["no batching"]["model_runs"] == 10
     rows = table_rows(capsys.readouterr().out)
-    assert number(rows["no batching"][1]) == 1.0  # vs first
+    assert number(rows["no batching"][1]) == 1.0 and number(rows["no batching"][3]) == 1.0  # vs first
 
 
 def test_serving_load_of_candidates_only_and_a_bad_call_name(tiny_export, tmp_path, capsys):
