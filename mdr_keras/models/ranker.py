@@ -69,6 +69,9 @@ class RankerConfig:
             (seed 0) the ranker scores 0.8152 at 1e-5 and underfits at 1e-4 (0.8107) against 0.8157
             at 0, although the head's validation loss rises from epoch 3 without it.
         dropout: dropout after every hidden layer of the prediction MLP and the baselines.
+        head_dropout: dropout on the D3 head's output (DSFS, what the prediction MLP or `Dense(1)`
+            reads). Default 0. Meant against the head's overfitting on MovieLens-1M (its validation
+            loss rises from epoch 3 of 5).
         mlp_units: hidden widths of the prediction MLP (ADS eq. 13; after DSFS in the D3 head). May
             be empty (the D3 head is then eq. 14 exactly: DSFS -> Dense(1)).
         attention_heads: heads H of the MHA target attention (must divide d_S = 3 e, or 2 e without
@@ -127,6 +130,7 @@ class RankerConfig:
     l2: float = 1e-5
     head_l2: float = 0.0
     dropout: float = 0.0
+    head_dropout: float = 0.0
     mlp_units: Sequence[int] = (200, 80)
     attention_heads: int = 2
     din_units: Sequence[int] = (80, 40)
@@ -172,6 +176,7 @@ class RankerConfig:
         check_real("l2", self.l2, 0)
         check_real("head_l2", self.head_l2, 0)
         check_real("dropout", self.dropout, 0, 1, high_open=True)
+        check_real("head_dropout", self.head_dropout, 0, 1, high_open=True)
         check_real("eta", self.eta, 0, low_open=True)
         check_real("bn_momentum", self.bn_momentum, 0, 1)
         check_choice("dsfs_fusion", self.dsfs_fusion, WEIGHT_FUSIONS)
@@ -232,6 +237,7 @@ class RankerModel(keras.Model):
         dsfs: `DomainSensitiveFeatureSelection` (the D3 head), or None.
         balance: `DomainBalance` weighting the loss (needs `dsfs`), or None (plain BCE).
         mlp_units, dropout, dsbn, bn_momentum: the prediction MLP (hidden layers, then `Dense(1)`).
+        head_dropout: dropout rate on DSFS's output (with `dsfs`).
         sequence_mean: with `attention`, also the mean of the sequence embeddings (before PSRG) over
             the real positions, concatenated to the attention's output.
 
@@ -252,7 +258,7 @@ class RankerModel(keras.Model):
 
     def __init__(self, encoder, embedding, features, num_domains, psrg=None, pcrg=None, attention=None,
                  backbone=None, dsfs=None, balance=None, mlp_units=(), dropout=0.0, dsbn=False, bn_momentum=0.99,
-                 sequence_mean=False, **kwargs):
+                 sequence_mean=False, head_dropout=0.0, **kwargs):
         super().__init__(**kwargs)
         if balance is not None and dsfs is None:
             raise ValueError("DBO weights come from DSFS's attention and gate: `balance` needs `dsfs`. "
@@ -272,12 +278,14 @@ class RankerModel(keras.Model):
         self.hidden_norms = [DomainBatchNormalization(num_domains, momentum=bn_momentum, name=f"mlp_dsbn_{i}")
                              for i in range(len(mlp_units))] if dsbn else []
         self.dropout = keras.layers.Dropout(dropout) if dropout else None
+        self.head_dropout = keras.layers.Dropout(head_dropout) if head_dropout and dsfs is not None else None
         self.logit_layer = keras.layers.Dense(1, dtype="float32", name="logit")  # float32 under mixed precision
         self.total_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="total_steps")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.auc_tracker = keras.metrics.AUC(num_thresholds=2000, name="auc")
         self._mlp_config = {"mlp_units": [int(u) for u in mlp_units], "dropout": float(dropout), "dsbn": bool(dsbn),
-                            "bn_momentum": float(bn_momentum), "sequence_mean": bool(sequence_mean)}
+                            "bn_momentum": float(bn_momentum), "sequence_mean": bool(sequence_mean),
+                            "head_dropout": float(head_dropout) if dsfs is not None else 0.0}
         self.sequence_mean = bool(sequence_mean) and attention is not None
 
     _LAYERS = ("encoder", "embedding", "psrg", "pcrg", "attention", "backbone", "dsfs")
@@ -345,6 +353,8 @@ class RankerModel(keras.Model):
                                axis=1)
             out = self.dsfs(fields if self.backbone is None else [fields, h], return_attention=True)
             h, extras = out["output"], {"attention": out["attention"], "specific_gate": out["specific_gate"]}
+            if self.head_dropout is not None:
+                h = self.head_dropout(h, training=training)
         for i, dense in enumerate(self.hidden):
             h = dense(h)
             if self.hidden_norms:
@@ -468,5 +478,6 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
     balance = c.domain_balance() if d3 and model != "ranker-no-dbo" else None
     return RankerModel(encoder, embedding, f, D, psrg=psrg, pcrg=pcrg, attention=attention, backbone=backbone,
                        dsfs=dsfs, balance=balance, mlp_units=mlp_units, dropout=c.dropout, dsbn=c.dsbn,
+                       head_dropout=c.head_dropout,
                        bn_momentum=c.bn_momentum, sequence_mean=c.sequence_mean and ranker,
                        name=model.replace("-", "_"))

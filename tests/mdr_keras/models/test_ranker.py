@@ -55,6 +55,18 @@ def test_every_model_scores_a_batch(synthetic_data, model, config):
         assert m.sequence_mean and m.dsfs.num_fields == plain.dsfs.num_fields + 3  # + d_S / e = 3 fields
 
 
+def test_head_dropout_drops_the_d3_heads_output_in_training_only(synthetic_data):
+    data_dir, _ = synthetic_data
+    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
+    m = build_ranker_model(spec, "ranker", RankerConfig(head_dropout=0.5))
+    inference = m.forward(batch, training=False)[0].numpy()
+    np.testing.assert_array_equal(m.forward(batch, training=False)[0].numpy(), inference)
+    assert not np.allclose(m.forward(batch, training=True)[0].numpy(), inference)
+    assert m.get_config()["head_dropout"] == 0.5
+    # Without a D3 head there is nothing to drop.
+    assert build_ranker_model(spec, "mha", RankerConfig(head_dropout=0.5)).head_dropout is None
+
+
 def test_head_l2_penalises_the_d3_heads_kernels(synthetic_data):
     """`head_l2` adds head_l2 x the sum of squares of DSFS's (and its fusion gate's) kernels, and only those."""
     data_dir, _ = synthetic_data
@@ -249,6 +261,7 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     ({"dbo_start_fraction": 1.5}, r"`dbo_start_fraction` must be a number in \[0.0, 1.0\]"),
     ({"dbo_lambda_1": -1.0}, "`dbo_lambda_1` must be"),
     ({"head_l2": -1e-4}, "`head_l2` must be >= 0"),
+    ({"head_dropout": 1.0}, "`head_dropout` must be in"),
 ])
 def test_config_errors_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
