@@ -277,9 +277,12 @@ def client_process(address, payloads, count, offset):
 
 def client_pool(args):
     """The load's client processes (spawned once: starting Python in each took more CPU than the calls)."""
+    import importlib
     import multiprocessing
 
-    return multiprocessing.get_context("spawn").Pool(args.threads)
+    # gRPC imported as each process starts, not inside the first round
+    return multiprocessing.get_context("spawn").Pool(args.threads, initializer=importlib.import_module,
+                                                     initargs=("grpc",))
 
 
 def load(server, payloads, args, pool):

@@ -33,7 +33,8 @@ import numpy as np
 from serving.request_checks import RequestError
 
 Arrays = Dict[str, np.ndarray]
-# TF Serving's defaults for the parameters a batching file leaves out (session_bundle_config.proto).
+# The defaults for what a batching file leaves out: TF Serving's (session_bundle_config.proto), but
+# the thread count.
 DEFAULT_MAX_BATCH_SIZE = 1000
 DEFAULT_MAX_ENQUEUED_BATCHES = 10
 # TF Serving's default is one thread per core, each running a batch on its own. Here every model call
@@ -108,7 +109,8 @@ class BatchScheduler:
 
     @classmethod
     def from_config(cls, config) -> "BatchScheduler":
-        """From a `serving.config.BatchingConfig`, TF Serving's defaults where it says nothing."""
+        """From a `serving.config.BatchingConfig`; where it says nothing, TF Serving's defaults but one
+        batch thread (`DEFAULT_BATCH_THREADS`)."""
         kwargs = {name: getattr(config, name) for name in
                   ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
                   if getattr(config, name) is not None}

@@ -311,8 +311,8 @@ BatchingParametersProto = _batching_parameters_class()
 class BatchingConfig:
     """TF Serving's batching parameters (`BatchingParameters`); None leaves TF Serving's default.
 
-    The embedded server uses `max_batch_size` only (as the largest batch a request may carry); it
-    runs each request as its own batch.
+    The embedded server reads `max_batch_size` as the largest batch a request may carry and, with
+    `enable_batching`, every field (`serving.batching.BatchScheduler.from_config`).
 
     Args:
         max_batch_size: the largest batch.

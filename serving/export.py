@@ -337,8 +337,8 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
         index_config: the ScaNN index parameters (`num_neighbors` is set to `k`).
         k: K, the items `retrieval` and `retrieval_scann` return per row.
         max_batch_size: the largest request batch (`batching.config`, `serving_checks.json`).
-        batching: the batching parameters; None: `max_batch_size`, a 1 ms batch timeout and 100
-            queued batches.
+        batching: the batching parameters; None: `max_batch_size`, no batch timeout (a batch takes
+            what queued while the last one ran), 100 queued batches, each server's thread count.
         queries_split: split whose user embeddings measure the ScaNN recall per domain (None, or a
             domain without rows: sampled corpus vectors).
         progress: called with a line of text as each step finishes (the item corpus embedded, each

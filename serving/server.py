@@ -90,8 +90,9 @@ class ModelServer:
         max_batch_size: the largest batch a request may carry (None: no limit).
         batching_parameters_file: a TF Serving batching parameters file; its `max_batch_size` is used
             when `max_batch_size` is None, and all of it with `enable_batching`.
-        enable_batching: merge concurrent requests into batches (TF Serving's defaults for what the
-            batching parameters file leaves out, or for all of it without one).
+        enable_batching: merge concurrent requests into batches (for what the batching parameters file
+            leaves out, or for all of it without one, TF Serving's defaults but one batch thread: see
+            `serving.batching.DEFAULT_BATCH_THREADS`).
         validators: model name -> `fn(signature_name, inputs)` raising ValueError to reject a request.
     """
 

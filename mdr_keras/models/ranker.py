@@ -106,8 +106,8 @@ class RankerConfig:
         backbone: where the `ranker*` models put D3's head. None (default): the head reads the
             fields and ADS's prediction MLP (`mlp_units`, eq. 13) its output. Otherwise a network
             between the features (with the pooled sequence) and the head, whose last layer the head
-            transforms, as D3 plugs into its backbones (D3 Sec. 4): `"mlp"` (the prediction MLP
-            itself, ending in a ReLU) or a multi-domain backbone (`shared-bottom`, `mmoe`, `ple`,
+            transforms, as D3 plugs into its backbones (D3 Sec. 4): `"mlp"` (the prediction MLP's
+            layers, ending in a ReLU, without `dsbn` and with `dropout` after all but the last) or a multi-domain backbone (`shared-bottom`, `mmoe`, `ple`,
             `star`, sized by the fields below). The baselines decide their network by name and
             ignore it.
         sequence_mean: the `ranker*` models also read the mean of the behaviour embeddings over the
@@ -186,6 +186,9 @@ class RankerConfig:
             if self.backbone == "mlp" and not self.mlp_units:
                 raise ValueError("`backbone='mlp'` is the prediction MLP: `mlp_units` must not be empty. "
                                  "Received: mlp_units=()")
+            if self.backbone == "mlp" and self.dsbn:
+                raise ValueError("`backbone='mlp'` has no domain-specific batch norm: set `dsbn=False`. "
+                                 "Received: dsbn=True")
         for name in ("dsbn", "d3_head", "star_partitioned_norm", "sequence_mean"):
             check_bool(name, getattr(self, name))
         self.domain_balance()  # DomainBalance checks the DBO fields (and names them)
@@ -232,7 +235,8 @@ class RankerModel(keras.Model):
         psrg: `PersonalizedSequenceRepresentation` applied to the sequence, or None.
         pcrg: `MultiQueryGenerator` making the per-position queries, or None (one query: E_Q).
         attention: `TargetAttention` pooling the sequence, or None (mean over the real positions).
-        backbone: a multi-domain backbone called as `backbone([x, domain, domain_embedding])`, or
+        backbone: a backbone (`MLPBackbone` or a multi-domain one) called as
+            `backbone([x, domain, domain_embedding])`, or
             None (the prediction MLP reads the features).
         dsfs: `DomainSensitiveFeatureSelection` (the D3 head), or None.
         balance: `DomainBalance` weighting the loss (needs `dsfs`), or None (plain BCE).

@@ -38,14 +38,15 @@ def test_shapes_and_config(units):
 
 
 def test_output_activation_applies_to_the_last_layer_only():
-    layer = MLPBackbone([2], output_activation="relu")
+    layer = MLPBackbone([2, 2], output_activation="tanh")
     layer([tf.zeros([1, 2]), None, None])
-    layer.set_weights([np.eye(2, dtype=np.float32), np.zeros(2, np.float32)])
-    # identity kernel: relu([-1, 3]) = [0, 3]; linear by default: [-1, 3]
-    np.testing.assert_allclose(layer([tf.constant([[-1.0, 3.0]]), None, None]), [[0.0, 3.0]])
+    eye, zero = np.eye(2, dtype=np.float32), np.zeros(2, np.float32)
+    layer.set_weights([eye, zero, -eye, zero])
+    # hidden relu([-1, 3]) = [0, 3]; last layer tanh(-[0, 3]) = [0, tanh(-3)] (tanh on the hidden layer: -0.76, 0.995)
+    np.testing.assert_allclose(layer([tf.constant([[-1.0, 3.0]]), None, None]), [[0.0, np.tanh(-3.0)]], rtol=1e-6)
     np.testing.assert_allclose(identity_backbone()([tf.constant([[-1.0, 3.0, 0.0]]), None, None]), [[-1.0, 3.0, 0.0]])
     clone = layer_checks.assert_config_round_trip(layer)
-    assert clone.get_config()["output_activation"] == "relu"
+    assert clone.get_config()["output_activation"] == "tanh"
 
 
 def test_bad_arguments():

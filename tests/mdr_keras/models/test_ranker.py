@@ -218,7 +218,8 @@ def test_weights_save_and_load(synthetic_data, tmp_path):
 
 @pytest.mark.parametrize("model,config", [("ranker", {}), ("ranker-no-dbo", {}), ("din", {}),
                                           ("star", {"d3_head": True}), ("mmoe", {"dsbn": True}),
-                                          ("ranker", {"backbone": "ple"}), ("ranker", {"sequence_mean": True})])
+                                          ("ranker", {"backbone": "ple"}), ("ranker", {"sequence_mean": True}),
+                                          ("ranker", {"backbone": "mlp", "head_dropout": 0.1})])
 def test_model_config_round_trip_same_predictions(synthetic_data, model, config):
     from tests.mdr_keras.layer_checks import assert_config_round_trip
 
@@ -255,6 +256,7 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     ({"sequence_pooling": "max"}, "`sequence_pooling` must be one of"),
     ({"backbone": "dnn"}, "`backbone` must be one of"),
     ({"backbone": "mlp", "mlp_units": []}, "`mlp_units` must not be empty"),
+    ({"backbone": "mlp", "dsbn": True}, "set `dsbn=False`"),
     ({"d3_head": 1}, "`d3_head` must be a bool"),
     ({"sequence_mean": "yes"}, "`sequence_mean` must be a bool"),
     ({"dsfs_weight_rank": 0}, "`dsfs_weight_rank` must be None or an int >= 1"),
