@@ -71,8 +71,8 @@ class RankerConfig:
         dropout: dropout after every hidden layer of the prediction MLP and the baselines.
         head_dropout: dropout on the D3 head's output (DSFS, what the prediction MLP or `Dense(1)`
             reads). Default 0. Against the head's overfitting on MovieLens-1M (its validation loss
-            rises from epoch 3 of 5): 0.2 keeps it flat, test log loss 0.5144 against 0.5208 and AUC
-            0.8161 against 0.8157 (seed 0; benchmarks/results/ml1m-ranking-ablation.md).
+            rises from epoch 3 of 5): 0.2 keeps it flat, test log loss 0.5142 against 0.5208 and AUC
+            0.8161 against 0.8159 (3 seeds; benchmarks/results/ml1m-ranking-ablation.md).
         mlp_units: hidden widths of the prediction MLP (ADS eq. 13; after DSFS in the D3 head). May
             be empty (the D3 head is then eq. 14 exactly: DSFS -> Dense(1)).
         attention_heads: heads H of the MHA target attention (must divide d_S = 3 e, or 2 e without
