@@ -51,6 +51,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from mdr_contract import artifacts  # noqa: E402  (plain Python: no TensorFlow yet)
 
 DEMO_DIR = os.path.join("runs", "demo")
+UNTIMED_CALLS = 2  # each load client's first calls, not timed (its channel connecting)
 
 
 def demo_outputs(demo_dir=DEMO_DIR):
@@ -256,14 +257,14 @@ def load_requests(client, store, export_dir, args, n=64):
 
 def client_process(address, payloads, count, offset):
     """One load client, in its own process (only gRPC imported): sends `count` of the prebuilt
-    `payloads` after two untimed ones; returns (kind, start, end, error) per timed call."""
+    `payloads` after `UNTIMED_CALLS` untimed ones; returns (kind, start, end, error) per timed call."""
     import grpc
 
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20),
                                                  ("grpc.max_receive_message_length", 64 << 20)]) as channel:
         predict = channel.unary_unary(PREDICT_METHOD)  # bytes in, bytes out
         out = []
-        for n in range(-2, count):
+        for n in range(-UNTIMED_CALLS, count):
             kind, payload = payloads[(offset + n) % len(payloads)]
             start, error = time.time(), None
             try:
@@ -304,7 +305,8 @@ def load(server, payloads, args, pool):
 def load_figures(rounds, model_runs, sent_per_round):
     """Figures of a server's load rounds ((calls, server CPU seconds) each): requests/s per round and
     their median, the server's CPU milliseconds per request (`sent_per_round` requests a round, the
-    clients' untimed first calls included), p50 / p99 per kind over every round's calls, failed calls, and model runs per round."""
+    clients' untimed first calls included), p50 / p99 per kind over every round's calls, failed calls,
+    and model runs per round."""
     import numpy as np
 
     calls = [r for rows, _ in rounds for r in rows]
@@ -478,7 +480,7 @@ def main(argv=None):
             for _ in range(args.rounds):  # the servers take turns, so a drift of the machine's speed hits both
                 for mode, server in servers.items():
                     rounds[mode].append(load(server, payloads, args, pool))
-            sent = args.threads * (args.load_requests + 2)  # each client's two untimed calls ran on the server too
+            sent = args.threads * (args.load_requests + UNTIMED_CALLS)  # the untimed calls ran on the server too
             results["load"] = {mode: load_figures(rounds[mode], server.stats().get("model_runs", 0), sent)
                                for mode, server in servers.items()}
         print(f"\nload: {args.threads} clients x {args.load_requests} requests ({load_mix(args)}), "

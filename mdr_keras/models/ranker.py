@@ -108,9 +108,9 @@ class RankerConfig:
             fields and ADS's prediction MLP (`mlp_units`, eq. 13) its output. Otherwise a network
             between the features (with the pooled sequence) and the head, whose last layer the head
             transforms, as D3 plugs into its backbones (D3 Sec. 4): `"mlp"` (the prediction MLP's
-            layers, ending in a ReLU, without `dsbn` and with `dropout` after all but the last) or a multi-domain backbone (`shared-bottom`, `mmoe`, `ple`,
-            `star`, sized by the fields below). The baselines decide their network by name and
-            ignore it.
+            layers, ending in a ReLU, without `dsbn` and with `dropout` after all but the last) or a
+            multi-domain backbone (`shared-bottom`, `mmoe`, `ple`, `star`, sized by the fields
+            below). The baselines decide their network by name and ignore it.
         sequence_mean: the `ranker*` models also read the mean of the behaviour embeddings over the
             real positions, beside target attention's summary of the sequence (the summary the
             mean-pooling baselines read). Off by default: on MovieLens-1M MMoE with the mean beats
