@@ -73,6 +73,10 @@ class RankerConfig:
             reads). Default 0. Against the head's overfitting on MovieLens-1M (its validation loss
             rises from epoch 3 of 5): 0.2 keeps it flat, test log loss 0.5142 against 0.5208 and AUC
             0.8161 against 0.8159 (3 seeds; benchmarks/results/ml1m-ranking-ablation.md).
+        head_skip: the network after the D3 head (the prediction MLP, or `Dense(1)` on a backbone)
+            also reads the head's input (E_all, or the backbone's output) beside DSFS's output, so
+            the head adds domain-sensitive features to what the network reads instead of being all
+            it reads. Default False (D3 eq. 14: the prediction reads DSFS's output only).
         mlp_units: hidden widths of the prediction MLP (ADS eq. 13; after DSFS in the D3 head). May
             be empty (the D3 head is then eq. 14 exactly: DSFS -> Dense(1)).
         attention_heads: heads H of the MHA target attention (must divide d_S = 3 e, or 2 e without
@@ -132,6 +136,7 @@ class RankerConfig:
     head_l2: float = 0.0
     dropout: float = 0.0
     head_dropout: float = 0.0
+    head_skip: bool = False
     mlp_units: Sequence[int] = (200, 80)
     attention_heads: int = 2
     din_units: Sequence[int] = (80, 40)
@@ -190,7 +195,7 @@ class RankerConfig:
             if self.backbone == "mlp" and self.dsbn:
                 raise ValueError("`backbone='mlp'` has no domain-specific batch norm: set `dsbn=False`. "
                                  "Received: dsbn=True")
-        for name in ("dsbn", "d3_head", "star_partitioned_norm", "sequence_mean"):
+        for name in ("dsbn", "d3_head", "star_partitioned_norm", "sequence_mean", "head_skip"):
             check_bool(name, getattr(self, name))
         self.domain_balance()  # DomainBalance checks the DBO fields (and names them)
 
@@ -243,6 +248,8 @@ class RankerModel(keras.Model):
         balance: `DomainBalance` weighting the loss (needs `dsfs`), or None (plain BCE).
         mlp_units, dropout, dsbn, bn_momentum: the prediction MLP (hidden layers, then `Dense(1)`).
         head_dropout: dropout rate on DSFS's output (with `dsfs`).
+        head_skip: with `dsfs`, what follows the head reads DSFS's output concatenated with the
+            head's input (the features, or the backbone's output).
         sequence_mean: with `attention`, also the mean of the sequence embeddings (before PSRG) over
             the real positions, concatenated to the attention's output.
 
@@ -263,7 +270,7 @@ class RankerModel(keras.Model):
 
     def __init__(self, encoder, embedding, features, num_domains, psrg=None, pcrg=None, attention=None,
                  backbone=None, dsfs=None, balance=None, mlp_units=(), dropout=0.0, dsbn=False, bn_momentum=0.99,
-                 sequence_mean=False, head_dropout=0.0, **kwargs):
+                 sequence_mean=False, head_dropout=0.0, head_skip=False, **kwargs):
         super().__init__(**kwargs)
         if balance is not None and dsfs is None:
             raise ValueError("DBO weights come from DSFS's attention and gate: `balance` needs `dsfs`. "
@@ -290,7 +297,9 @@ class RankerModel(keras.Model):
         self.auc_tracker = keras.metrics.AUC(num_thresholds=2000, name="auc")
         self._mlp_config = {"mlp_units": [int(u) for u in mlp_units], "dropout": float(dropout), "dsbn": bool(dsbn),
                             "bn_momentum": float(bn_momentum), "sequence_mean": bool(sequence_mean),
-                            "head_dropout": float(head_dropout) if dsfs is not None else 0.0}
+                            "head_dropout": float(head_dropout) if dsfs is not None else 0.0,
+                            "head_skip": bool(head_skip) and dsfs is not None}
+        self.head_skip = bool(head_skip) and dsfs is not None
         self.sequence_mean = bool(sequence_mean) and attention is not None
 
     _LAYERS = ("encoder", "embedding", "psrg", "pcrg", "attention", "backbone", "dsfs")
@@ -357,9 +366,12 @@ class RankerModel(keras.Model):
             fields = tf.concat([fields, tf.reshape(tf.cast(pooled, fields.dtype), [-1, pooled.shape[-1] // e, e])],
                                axis=1)
             out = self.dsfs(fields if self.backbone is None else [fields, h], return_attention=True)
+            head_input = h
             h, extras = out["output"], {"attention": out["attention"], "specific_gate": out["specific_gate"]}
             if self.head_dropout is not None:
                 h = self.head_dropout(h, training=training)
+            if self.head_skip:
+                h = tf.concat([h, tf.cast(head_input, h.dtype)], axis=-1)
         for i, dense in enumerate(self.hidden):
             h = dense(h)
             if self.hidden_norms:
@@ -483,6 +495,6 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
     balance = c.domain_balance() if d3 and model != "ranker-no-dbo" else None
     return RankerModel(encoder, embedding, f, D, psrg=psrg, pcrg=pcrg, attention=attention, backbone=backbone,
                        dsfs=dsfs, balance=balance, mlp_units=mlp_units, dropout=c.dropout, dsbn=c.dsbn,
-                       head_dropout=c.head_dropout,
+                       head_dropout=c.head_dropout, head_skip=c.head_skip,
                        bn_momentum=c.bn_momentum, sequence_mean=c.sequence_mean and ranker,
                        name=model.replace("-", "_"))

@@ -67,6 +67,24 @@ def test_head_dropout_drops_the_d3_heads_output_in_training_only(synthetic_data)
     assert build_ranker_model(spec, "mha", RankerConfig(head_dropout=0.5)).head_dropout is None
 
 
+def test_head_skip_feeds_the_mlp_the_heads_input_beside_its_output(synthetic_data):
+    data_dir, _ = synthetic_data
+    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
+    plain = build_ranker_model(spec, "ranker", RankerConfig())
+    m = build_ranker_model(spec, "ranker", RankerConfig(head_skip=True))
+    plain(batch), m(batch)
+    # The first MLP layer reads DSFS's 32 units, plus E_all (every field embedding, 16 each) with the skip.
+    assert plain.hidden[0].kernel.shape[0] == 32
+    assert m.hidden[0].kernel.shape[0] == 32 + 16 * m.dsfs.num_fields
+    assert m.get_config()["head_skip"] is True
+    # On a backbone, Dense(1) reads DSFS's output and the backbone's last layer (80 units of the MLP).
+    m = build_ranker_model(spec, "ranker", RankerConfig(head_skip=True, backbone="mlp"))
+    m(batch)
+    assert m.logit_layer.kernel.shape[0] == 32 + 80
+    # Without a D3 head there is no head to skip.
+    assert build_ranker_model(spec, "mha", RankerConfig(head_skip=True)).head_skip is False
+
+
 def test_head_l2_penalises_the_d3_heads_kernels(synthetic_data):
     """`head_l2` adds head_l2 x the sum of squares of DSFS's (and its fusion gate's) kernels, and only those."""
     data_dir, _ = synthetic_data
@@ -219,7 +237,8 @@ def test_weights_save_and_load(synthetic_data, tmp_path):
 @pytest.mark.parametrize("model,config", [("ranker", {}), ("ranker-no-dbo", {}), ("din", {}),
                                           ("star", {"d3_head": True}), ("mmoe", {"dsbn": True}),
                                           ("ranker", {"backbone": "ple"}), ("ranker", {"sequence_mean": True}),
-                                          ("ranker", {"backbone": "mlp", "head_dropout": 0.1})])
+                                          ("ranker", {"backbone": "mlp", "head_dropout": 0.1}),
+                                          ("ranker", {"head_skip": True})])
 def test_model_config_round_trip_same_predictions(synthetic_data, model, config):
     from tests.mdr_keras.layer_checks import assert_config_round_trip
 
@@ -264,6 +283,7 @@ def test_mixed_precision_gives_float32_probabilities(synthetic_data):
     ({"dbo_lambda_1": -1.0}, "`dbo_lambda_1` must be"),
     ({"head_l2": -1e-4}, "`head_l2` must be >= 0"),
     ({"head_dropout": 1.0}, "`head_dropout` must be in"),
+    ({"head_skip": "yes"}, "`head_skip` must be"),
 ])
 def test_config_errors_name_the_field(kwargs, message):
     with pytest.raises(ValueError, match=message):
