@@ -99,15 +99,23 @@ def main(argv=None) -> int:
     parser.add_argument("--split", default="test", help="split whose clicks are the targets")
     parser.add_argument("-k", type=int, default=50, help="top-K size")
     parser.add_argument("--user-feature", help="a categorical user feature to group users by (e.g. gender)")
+    parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
     try:
         result = measure(args.data, args.split, args.k, args.user_feature)
     except (ValueError, FileNotFoundError) as e:
         print(f"benchmarks.domain_signal: error: {e}", file=sys.stderr)
         return 1
-    print(f"domain signal of {args.data}: hit rate of '{args.split}' clicks by the top-{args.k} training items "
-          "of each group")
+    head = (f"domain signal of {args.data}: hit rate of '{args.split}' clicks by the top-{args.k} training items "
+            "of each group")
+    print(head)
     print(table(result))
+    if args.results:
+        from benchmarks import results as results_files
+
+        path = results_files.save(args.results, head + "\n\n" + table(result), {"args": vars(args), **result},
+                                  "benchmarks.domain_signal", sys.argv[1:] if argv is None else argv)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

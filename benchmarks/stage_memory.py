@@ -272,6 +272,7 @@ def main(argv=None) -> int:
     parser.add_argument("--domain", help="domain of the recommend query")
     parser.add_argument("--stage-timeout", type=float, default=3600.0, help="seconds before a stage is killed")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
     if args.source != "synthetic" and not args.input:
         parser.error(f"--source {args.source} needs --input")
@@ -283,13 +284,19 @@ def main(argv=None) -> int:
         return 1
     source = f"synthetic ({args.users} users, {args.items} items)" if args.source == "synthetic" else \
         f"{args.source} ({args.input})"
-    print(f"{source}, {args.epochs} epoch(s) of batch {args.batch_size}, {os.cpu_count()} CPU(s); work folder "
-          f"{args.output}")
+    head = f"{source}, {args.epochs} epoch(s) of batch {args.batch_size}, {os.cpu_count()} CPU(s)"
+    print(f"{head}; work folder {args.output}")
     print(table(rows))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "stages": rows}, f, indent=2)
+    if args.results:
+        from benchmarks import results as results_files
+
+        path = results_files.save(args.results, head + "\n\n" + table(rows), {"args": vars(args), "stages": rows},
+                                  "benchmarks.stage_memory", sys.argv[1:] if argv is None else argv)
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -36,3 +36,20 @@ def test_errors_name_the_problem(synthetic_data, tmp_path, capsys):
     assert "No feature spec at" in capsys.readouterr().err
     with pytest.raises(ValueError, match="k must be >= 1"):
         domain_signal.measure(data_dir, k=0)
+
+
+def test_results_writes_the_table_and_its_command(synthetic_data, tmp_path, monkeypatch):
+    import json
+
+    data_dir, _ = synthetic_data
+    from benchmarks import results as results_files
+
+    saved = results_files.save  # the committed table goes to tmp_path, not into the repository
+    monkeypatch.setattr(results_files, "save", lambda *a, **k: saved(*a, **{**k, "results_dir": str(tmp_path)}))
+    argv = ["--data", data_dir, "--split", "eval", "--user-feature", "age_group", "--results", "signal"]
+    assert domain_signal.main(argv) == 0
+    written = json.load(open(tmp_path / "signal.json"))
+    assert written["command"].startswith("python -m benchmarks.domain_signal --data ")
+    assert set(written["domains"]) == set(domain_signal.measure(data_dir, "eval", 50, "age_group")["domains"])
+    md = (tmp_path / "signal.md").read_text()
+    assert "| domain | eval clicks | global | domain | age_group | age_group x domain |" in md
