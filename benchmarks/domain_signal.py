@@ -102,6 +102,10 @@ def main(argv=None) -> int:
     parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
     try:
+        if args.results:  # before the work, not after it
+            from benchmarks import results as results_files
+
+            results_files.check_name(args.results)
         result = measure(args.data, args.split, args.k, args.user_feature)
     except (ValueError, FileNotFoundError) as e:
         print(f"benchmarks.domain_signal: error: {e}", file=sys.stderr)
@@ -111,8 +115,6 @@ def main(argv=None) -> int:
     print(head)
     print(table(result))
     if args.results:
-        from benchmarks import results as results_files
-
         path = results_files.save(args.results, head + "\n\n" + table(result), {"args": vars(args), **result},
                                   "benchmarks.domain_signal", sys.argv[1:] if argv is None else argv)
         print(f"wrote {path}", file=sys.stderr)

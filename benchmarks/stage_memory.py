@@ -276,6 +276,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.source != "synthetic" and not args.input:
         parser.error(f"--source {args.source} needs --input")
+    if args.results:  # before the stages, not after them
+        from benchmarks import results as results_files
+
+        try:
+            results_files.check_name(args.results)
+        except ValueError as e:
+            parser.error(str(e))
 
     try:
         rows = run(args)
@@ -292,8 +299,6 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "stages": rows}, f, indent=2)
     if args.results:
-        from benchmarks import results as results_files
-
         path = results_files.save(args.results, head + "\n\n" + table(rows), {"args": vars(args), "stages": rows},
                                   "benchmarks.stage_memory", sys.argv[1:] if argv is None else argv)
         print(f"wrote {path}", file=sys.stderr)

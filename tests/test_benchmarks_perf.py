@@ -91,13 +91,16 @@ def test_stage_memory_names_the_failing_stage(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_stage_memory_runs_every_stage(tmp_path, capsys):
+def test_stage_memory_runs_every_stage(tmp_path, capsys, monkeypatch):
+    from benchmarks import results as results_files
     from benchmarks import stage_memory
 
-    out = tmp_path / "stages.json"
+    saved = results_files.save  # the committed table goes to tmp_path, not into the repository
+    monkeypatch.setattr(results_files, "save", lambda *a, **k: saved(*a, **{**k, "results_dir": str(tmp_path)}))
+    out = tmp_path / "rows.json"
     assert stage_memory.main(["--output", str(tmp_path / "work"), "--users", "100", "--items", "50",
                               "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "64",
-                              "--json", str(out)]) == 0
+                              "--json", str(out), "--results", "stages"]) == 0
 
     rows = table_rows(capsys.readouterr().out)
     stages = ["generate", "preprocess", "train adi", "train ranker", "evaluate adi", "evaluate ranker", "export",
@@ -111,6 +114,9 @@ def test_stage_memory_runs_every_stage(tmp_path, capsys):
     # generate imports no TensorFlow and stays far below a TensorFlow stage.
     assert number(rows["generate"][1]) < 0.6 * number(rows["train adi"][1])
     assert [r["stage"] for r in json.loads(out.read_text())["stages"]] == stages
+    committed = json.loads((tmp_path / "stages.json").read_text())  # --results: the same rows and the command
+    assert committed["stages"] == json.loads(out.read_text())["stages"]
+    assert committed["command"].startswith("python -m benchmarks.stage_memory --output ")
     assert "recommendations for user" in (tmp_path / "work" / "logs" / "recommend.out").read_text()
 
 

@@ -38,7 +38,7 @@ def test_errors_name_the_problem(synthetic_data, tmp_path, capsys):
         domain_signal.measure(data_dir, k=0)
 
 
-def test_results_writes_the_table_and_its_command(synthetic_data, tmp_path, monkeypatch):
+def test_results_writes_the_table_and_its_command(synthetic_data, tmp_path, monkeypatch, capsys):
     import json
 
     data_dir, _ = synthetic_data
@@ -48,8 +48,12 @@ def test_results_writes_the_table_and_its_command(synthetic_data, tmp_path, monk
     monkeypatch.setattr(results_files, "save", lambda *a, **k: saved(*a, **{**k, "results_dir": str(tmp_path)}))
     argv = ["--data", data_dir, "--split", "eval", "--user-feature", "age_group", "--results", "signal"]
     assert domain_signal.main(argv) == 0
-    written = json.load(open(tmp_path / "signal.json"))
+    written = json.loads((tmp_path / "signal.json").read_text())
     assert written["command"].startswith("python -m benchmarks.domain_signal --data ")
-    assert set(written["domains"]) == set(domain_signal.measure(data_dir, "eval", 50, "age_group")["domains"])
+    measured = domain_signal.measure(data_dir, "eval", 50, "age_group")
+    assert written["domains"] == measured["domains"] and written["cosine"] == measured["cosine"]
     md = (tmp_path / "signal.md").read_text()
     assert "| domain | eval clicks | global | domain | age_group | age_group x domain |" in md
+    # A bad name is refused before the measurement, in one line.
+    assert domain_signal.main(["--data", data_dir, "--results", "../x"]) == 1
+    assert "--results takes a plain file name" in capsys.readouterr().err

@@ -252,12 +252,13 @@ def test_model_config_round_trip_same_predictions(synthetic_data, model, config)
     np.testing.assert_allclose(clone(batch)["probability"].numpy(), before, rtol=1e-6)
 
 
-def test_mixed_precision_gives_float32_probabilities(synthetic_data):
+@pytest.mark.parametrize("config", [{}, {"head_skip": True}, {"head_skip": True, "backbone": "mlp"}])
+def test_mixed_precision_gives_float32_probabilities(synthetic_data, config):
     data_dir, _ = synthetic_data
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        m = build_ranker_model(fs.FeatureSpec.load(data_dir), "ranker")
+        m = build_ranker_model(fs.FeatureSpec.load(data_dir), "ranker", RankerConfig(**config))
         p = m(first_batch(data_dir))["probability"]
     finally:
         keras.mixed_precision.set_global_policy(policy)
