@@ -69,16 +69,23 @@ class RankerConfig:
             (seed 0) the ranker scores 0.8152 at 1e-5 and underfits at 1e-4 (0.8107) against 0.8157
             at 0, although the head's validation loss rises from epoch 3 without it.
         dropout: dropout after every hidden layer of the prediction MLP and the baselines.
-        head_dropout: dropout on the D3 head's output (DSFS, what the prediction MLP or `Dense(1)`
-            reads). Default 0. Against the head's overfitting on MovieLens-1M (its validation loss
-            rises from epoch 3 of 5): 0.2 keeps it flat, test log loss 0.5142 against 0.5208 and AUC
-            0.8161 against 0.8159 (3 seeds; benchmarks/results/ml1m-ranking-ablation.md).
+        head_dropout: dropout on the D3 head's output (DSFS's units; not on what `head_skip` adds
+            beside them). Default 0 (D3's form). On MovieLens-1M by the default recipe (5 epochs),
+            where the head's validation loss rises from epoch 3, 0.2 keeps it flat: test log loss
+            0.5142 +- 0.0002 against 0.5208 +- 0.0008, AUC 0.8161 +- 0.0000 against 0.8159 +- 0.0004
+            (3 seeds; benchmarks/results/ml1m-ranking-ablation.md). It is not the default because
+            where domains matter it slows what the head learns: on the planted-position world of the
+            ranker's learning test (1 epoch) 0.2 dropped the ranker's AUC from 0.797-0.806 /
+            0.776-0.777 / 0.751-0.753 to 0.775-0.781 / 0.743-0.765 / 0.708-0.734 per domain (2
+            seeds; the test failed: its lead over DIN fell below 3 sds), and on D3's one-epoch
+            ML-1M protocol it gave
+            AUC 0.7889 against 0.7891, log loss 0.5460 against 0.5435 (seed 0).
         head_skip: the network after the D3 head (the prediction MLP, or `Dense(1)` on a backbone)
             also reads the head's input (E_all, or the backbone's output) beside DSFS's output, so
             the head adds domain-sensitive features to what the network reads instead of being all
-            it reads. Default False (D3 eq. 14: the prediction reads DSFS's output only): on
-            MovieLens-1M (seed 0) it gives 0.8155 test AUC, 0.8154 with `head_dropout=0.2`, against
-            0.8157 without (benchmarks/results/ml1m-ranking-ablation.md).
+            it reads. Ignored without a D3 head. Default False (D3 eq. 14: the prediction reads
+            DSFS's output only): on MovieLens-1M (seed 0) it gives 0.8155 test AUC, 0.8154 with
+            `head_dropout=0.2`, against 0.8157 without (benchmarks/results/ml1m-ranking-ablation.md).
         mlp_units: hidden widths of the prediction MLP (ADS eq. 13; after DSFS in the D3 head). May
             be empty (the D3 head is then eq. 14 exactly: DSFS -> Dense(1)).
         attention_heads: heads H of the MHA target attention (must divide d_S = 3 e, or 2 e without
@@ -100,7 +107,8 @@ class RankerConfig:
             form). Default 4: on MovieLens-1M (1 epoch, seeds 0-2, benchmarks/results/
             ml1m-ranking-d3-weight-rank.md) it gives the full form's AUC within a seed's spread with
             0.45M instead of 3.28M head parameters, and trains several times faster (the full head
-            was most of the ranker's step: 0.33x DIN's examples/s, r = 4 0.9x).
+            was most of the ranker's step: 0.32x DIN's examples/s, r = 4 0.92x;
+            benchmarks/results/ml1m-ranker-training-speed.md).
         dbo_lower, dbo_upper: clip range [l, u] of the normalized complexity (D3 eq. 16).
         dbo_lambda_1, dbo_alpha_1, dbo_lambda_2, dbo_alpha_2: D3 eq. 17-18.
         dbo_start_fraction: fraction of the training steps after which DBO weights the loss.
