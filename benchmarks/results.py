@@ -10,7 +10,7 @@ documentation never types a measured number: `docs/results.md` holds markers
 
 and `python -m benchmarks.results` replaces what lies between them with `NAME.md`.
 `python -m benchmarks.results --check` exits 1 when a marked block differs from its file (the suite runs
-it), so a table in the docs is always the one a script wrote.
+it), and both refuse a table outside the markers, so a table in the docs is always the one a script wrote.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 DOC = os.path.join(ROOT, "docs", "results.md")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 BLOCK = re.compile(r"(<!-- result: (?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- /result -->)", re.S)
+# A Markdown table's header separator, `|---|---:|` (a table has one whatever its rows).
+TABLE_RULE = re.compile(r"^\s*\|\s*:?-{3,}:?\s*\|")
 
 
 def check_name(name: str) -> str:
@@ -62,13 +64,32 @@ def splice(text: str, results_dir: str = RESULTS_DIR) -> str:
     return BLOCK.sub(block, text)
 
 
+def tables_outside_markers(text: str) -> list:
+    """Line numbers (from 1) of the tables of `text` that no result marker encloses: typed by hand."""
+    inside, lines = False, []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.startswith("<!-- result: "):
+            inside = True
+        elif line.startswith("<!-- /result -->"):
+            inside = False
+        elif not inside and TABLE_RULE.match(line):
+            lines.append(number)
+    return lines
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="Splice benchmarks/results/*.md into docs/results.md.")
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 when the docs are out of date")
+    parser.add_argument("--check", action="store_true",
+                        help="only check; exit 1 when the docs are out of date or hold a table outside the markers")
     parser.add_argument("--doc", default=DOC)
     args = parser.parse_args(argv)
     with open(args.doc, encoding="utf-8") as f:
         text = f.read()
+    typed = tables_outside_markers(text)
+    if typed:
+        print(f"benchmarks.results: {args.doc}:{typed[0]}: a table outside <!-- result: NAME --> markers; "
+              "write it with a benchmark's --results NAME", file=sys.stderr)
+        return 1
     try:
         new = splice(text)
     except FileNotFoundError as e:

@@ -32,3 +32,15 @@ def test_docs_tables_are_the_committed_result_files():
     for match in results.BLOCK.finditer(text):
         assert os.path.exists(os.path.join(results.RESULTS_DIR, match.group("name") + ".md")), match.group("name")
     assert results.main(["--check"]) == 0
+
+
+def test_a_table_outside_the_markers_fails_the_check(tmp_path, capsys):
+    (tmp_path / "ml1m-x.md").write_text("| model | r |\n|---|---:|\n| adi | 0.3 |\n")
+    marked = "intro\n<!-- result: ml1m-x -->\n| model | r |\n|---|---:|\n| adi | 0.3 |\n<!-- /result -->\n"
+    typed = marked + "\nby hand:\n\n| model | r |\n| --- | ---: |\n| dnn | 0.2 |\n"
+    assert results.tables_outside_markers(marked) == []
+    assert results.tables_outside_markers(typed) == [11]  # the second table's |---| line
+    doc = tmp_path / "results.md"
+    doc.write_text(typed)
+    assert results.main(["--check", "--doc", str(doc)]) == 1
+    assert f"{doc}:11: a table outside <!-- result: NAME --> markers" in capsys.readouterr().err
