@@ -209,6 +209,15 @@ def index_part(args, logs) -> List[dict]:
     return rows
 
 
+def server_row(clients: int, figures: dict, measured: dict) -> dict:
+    """The table's row of one client count: `figures` as `serving_latency.load_figures` gives them (the
+    median requests/s of its rounds, p99 per kind), `measured` the child process's seconds and peak."""
+    return {"part": "server", "work": clients, "unit": "clients", "seconds": measured["seconds"],
+            "rate": figures["rate"], "rate_unit": "requests/s",
+            "p99_ms": {k: figures[k][1] for k in ("candidates", "scores")}, "failed": figures["failed"],
+            "peak_mib": measured["peak_mib"]}
+
+
 def server_part(args, logs) -> List[dict]:
     if not os.path.exists(os.path.join(args.export_dir, "models.config")):
         raise PartError(f"server: no export at {args.export_dir}; run `mdr demo` or pass --export-dir")
@@ -221,12 +230,8 @@ def server_part(args, logs) -> List[dict]:
                             "--load-requests", max(10, args.server_requests // clients), "--json", path),
                     os.path.join(logs, f"server-{clients}.log"))
         with open(path, encoding="utf-8") as f:
-            figures = json.load(f)["load"]["no batching"]
-        rate = figures["requests"] / figures["seconds"]
-        rows.append({"part": "server", "work": clients, "unit": "clients", "seconds": m["seconds"], "rate": rate,
-                     "rate_unit": "requests/s", "p99_ms": {k: figures[k][1] for k in ("candidates", "scores")},
-                     "failed": figures["failed"], "peak_mib": m["peak_mib"]})
-        print(f"  {rate:,.1f} requests/s, p99 candidates {rows[-1]['p99_ms']['candidates']:.1f} ms / scores "
+            rows.append(server_row(clients, json.load(f)["load"]["no batching"], m))
+        print(f"  {rows[-1]['rate']:,.1f} requests/s, p99 candidates {rows[-1]['p99_ms']['candidates']:.1f} ms / scores "
               f"{rows[-1]['p99_ms']['scores']:.1f} ms", flush=True)
     return rows
 

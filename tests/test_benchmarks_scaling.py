@@ -41,3 +41,19 @@ def test_table_compares_each_part_with_its_first_row_and_shows_failures():
     lines = scaling.table(rows).splitlines()
     assert lines[3] == "| beam | 3,000 rows | 40.0 | 75.0 rows/s | 0.75x | 600 |  |"  # 75 / 100
     assert lines[4].endswith("| failed: RuntimeError: reconciliation failed |")
+
+
+def test_server_row_reads_the_serving_benchmarks_figures():
+    # Two rounds of the serving benchmark's own figures: 4 calls in 2 s (2/s), 3 calls in 1 s (3/s).
+    from benchmarks import serving_latency
+
+    rounds = [([("candidates", 0.0, 0.01, None), ("scores", 0.5, 0.52, None), ("candidates", 1.0, 1.01, None),
+                ("scores", 1.98, 2.0, None)], 0.1),
+              ([("candidates", 0.0, 0.02, None), ("scores", 0.5, 0.53, "DEADLINE_EXCEEDED"),
+                ("scores", 0.9, 1.0, None)], 0.1)]
+    figures = serving_latency.load_figures(rounds, model_runs=6, sent_per_round=4)
+    row = scaling.server_row(8, figures, {"seconds": 12.5, "peak_mib": 900.0})
+    assert row["rate"] == 2.5  # the median of 2/s and 3/s
+    assert row["failed"] == 1 and row["seconds"] == 12.5 and row["peak_mib"] == 900.0
+    assert row["p99_ms"]["candidates"] > 0 and row["p99_ms"]["scores"] > 0
+    assert "8 clients" in scaling.table([row])
