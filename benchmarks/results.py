@@ -28,7 +28,7 @@ DOC = os.path.join(ROOT, "docs", "results.md")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 BLOCK = re.compile(r"(<!-- result: (?P<name>[^ ]+) -->\n)(?P<body>.*?)(<!-- /result -->)", re.S)
 # A Markdown table's header separator, `|---|---:|` (a table has one whatever its rows).
-TABLE_RULE = re.compile(r"^\s*\|\s*:?-{3,}:?\s*\|")
+TABLE_RULE = re.compile(r"^\s*\|\s*:?-{3,}:?\s*\|", re.M)
 
 
 def check_name(name: str) -> str:
@@ -65,16 +65,10 @@ def splice(text: str, results_dir: str = RESULTS_DIR) -> str:
 
 
 def tables_outside_markers(text: str) -> list:
-    """Line numbers (from 1) of the tables of `text` that no result marker encloses: typed by hand."""
-    inside, lines = False, []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.startswith("<!-- result: "):
-            inside = True
-        elif line.startswith("<!-- /result -->"):
-            inside = False
-        elif not inside and TABLE_RULE.match(line):
-            lines.append(number)
-    return lines
+    """Line numbers (from 1) of the tables of `text` that no result block (`BLOCK`) encloses: typed by hand."""
+    blocks = [m.span() for m in BLOCK.finditer(text)]
+    return [text.count("\n", 0, rule.start()) + 1 for rule in TABLE_RULE.finditer(text)
+            if not any(start <= rule.start() < end for start, end in blocks)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

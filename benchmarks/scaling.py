@@ -230,9 +230,10 @@ def server_part(args, logs) -> List[dict]:
                             "--load-requests", max(10, args.server_requests // clients), "--json", path),
                     os.path.join(logs, f"server-{clients}.log"))
         with open(path, encoding="utf-8") as f:
-            rows.append(server_row(clients, json.load(f)["load"]["no batching"], m))
-        print(f"  {rows[-1]['rate']:,.1f} requests/s, p99 candidates {rows[-1]['p99_ms']['candidates']:.1f} ms / scores "
-              f"{rows[-1]['p99_ms']['scores']:.1f} ms", flush=True)
+            row = server_row(clients, json.load(f)["load"]["no batching"], m)
+        rows.append(row)
+        print(f"  {row['rate']:,.1f} requests/s, p99 candidates {row['p99_ms']['candidates']:.1f} ms / scores "
+              f"{row['p99_ms']['scores']:.1f} ms", flush=True)
     return rows
 
 
