@@ -35,7 +35,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from mdr_contract.artifacts import (DEFAULT_SIGNATURE, EXAMPLES_INPUT, EXAMPLES_SIGNATURE, RANK_ITEMS_INPUT,
                                     RANK_SIGNATURE, RANKER, RECOMMENDER, RETRIEVAL)
 from serving.feature_store import FeatureStore, to_examples
-from serving.tensors import tensor_proto
+from serving.tensors import tensor_proto, to_ndarray
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Client:
         """
         request = self.predict_request(model, inputs, signature, version, output_filter)
         response = self._call(self._predict.Predict, request, model, timeout)
-        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return {k: to_ndarray(v) for k, v in response.outputs.items()}
 
     def _signature_def(self, model: str, signature: str = DEFAULT_SIGNATURE, version: Optional[int] = None,
                        refresh: bool = False):

@@ -41,6 +41,7 @@ check on `domain` applies to each signature that has a `domain` input (values in
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import grpc
@@ -50,6 +51,7 @@ from tensorflow.core.framework import types_pb2
 
 from serving import config as cfg
 from serving.servables import Servable, Signature, shape_str
+from serving.tensors import to_ndarray
 
 
 class RequestError(Exception):
@@ -140,7 +142,7 @@ def check_inputs(servable: Servable, signature: Signature, inputs: Mapping, max_
     for name in expected:
         proto, shape = inputs[name], shapes[name]
         try:
-            array = tf.make_ndarray(proto)
+            array = to_ndarray(proto)
         except Exception as e:  # bad encodings (e.g. tensor_content for strings)
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, f"input {name!r} cannot be decoded: {e}") from e
         if array.shape != shape:
@@ -171,9 +173,9 @@ _VALUE_FIELDS = {
 
 def _check_value_count(name: str, proto, shape: Tuple[int, ...]) -> None:
     """Refuses values that do not fill `shape` exactly (one typed value repeated over it excepted)."""
-    n = int(np.prod(shape, dtype=np.int64))
-    dtype = tf.dtypes.as_dtype(proto.dtype)
+    n = math.prod(shape)
     if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
+        dtype = tf.dtypes.as_dtype(proto.dtype)
         if len(proto.tensor_content) != n * dtype.size:
             raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"input {name!r} declares shape {shape_str(shape)} ({n} values of {dtype.name}, "
@@ -184,7 +186,7 @@ def _check_value_count(name: str, proto, shape: Tuple[int, ...]) -> None:
     if field is None:  # dtypes no signature of ours takes: left to the decoder
         return
     count = len(getattr(proto, field))
-    if dtype.is_complex:
+    if proto.dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
         count //= 2  # real and imaginary parts
     if count != n and not (count == 1 and n > 1):
         raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,

@@ -1,16 +1,35 @@
-"""TensorProtos of numpy arrays, written without a Python call per string.
+"""TensorProtos of numpy arrays and back, without TensorFlow's Python per tensor or per string.
 
 `tf.make_tensor_proto` converts every element of an object array on its own (`compat.as_bytes`): about
 2 ms for one `[100, 50]` behaviour sequence, which made the request tensors the largest cost of scoring
-100 items over gRPC. `tensor_proto` writes an array of bytes with one `extend` of the proto's
-`string_val` (the field TF Serving and `tf.make_ndarray` read) and leaves every other array to
-`tf.make_tensor_proto` (numbers already go out as one `tensor_content` copy).
+100 items over gRPC. Past that, its fixed cost (dtype and shape objects, checks for arguments we never
+pass) and `tf.make_ndarray`'s are 40-45 us a tensor: a ranker request has 19 inputs, which each side
+encoded and decoded (measured on the demo export, 2 cores: 0.9 ms on the client, 0.9 ms on the server
+of a 12 ms call). `tensor_proto` and `to_ndarray` write and read the arrays the served signatures take
+(strings, float32/64, int32/64, bool) directly and hand every other case to TensorFlow; each equals
+TensorFlow's function on every input (tests/serving/test_tensors.py).
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+# numpy dtype -> (DataType enum, typed field of one value, whether `tensor_content` carries more than one).
+# As `tf.make_tensor_proto`: numbers of size > 1 go out as `tensor_content` bytes, size 1 in the typed
+# field; bool always in `bool_val`.
+_NUMERIC = {
+    np.dtype(np.float32): (types_pb2.DT_FLOAT, "float_val", True),
+    np.dtype(np.float64): (types_pb2.DT_DOUBLE, "double_val", True),
+    np.dtype(np.int32): (types_pb2.DT_INT32, "int_val", True),
+    np.dtype(np.int64): (types_pb2.DT_INT64, "int64_val", True),
+    np.dtype(np.bool_): (types_pb2.DT_BOOL, "bool_val", False),
+}
+_BY_ENUM = {enum: (dtype, field, content) for dtype, (enum, field, content) in _NUMERIC.items()}
+
+
+def _shape_proto(shape) -> tensor_shape_pb2.TensorShapeProto:
+    return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in shape])
 
 
 def tensor_proto(value) -> tensor_pb2.TensorProto:
@@ -18,18 +37,64 @@ def tensor_proto(value) -> tensor_pb2.TensorProto:
 
     Args:
         value: a numpy array (or anything `np.asarray` takes). Object arrays whose elements are all
-            `bytes` take the fast path; `str` elements, numbers and the rest take TensorFlow's.
+            `bytes` and arrays of float32 / float64 / int32 / int64 / bool take the fast path; `str`
+            elements and every other dtype take TensorFlow's.
 
     Returns:
         The `TensorProto`.
     """
     array = np.asarray(value)
     if array.dtype == object and array.size:
-        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
-                                       tensor_shape=tf.TensorShape(array.shape).as_proto())
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=_shape_proto(array.shape))
         try:
             proto.string_val.extend(array.ravel().tolist())
             return proto
         except TypeError:  # an element that is not bytes: TensorFlow's conversion encodes or refuses it
             pass
+    known = _NUMERIC.get(array.dtype)
+    if known is not None and array.size:
+        enum, field, content = known
+        proto = tensor_pb2.TensorProto(dtype=enum, tensor_shape=_shape_proto(array.shape))
+        if content and array.size > 1:
+            proto.tensor_content = array.tobytes()  # row-major whatever the array's memory order
+        else:
+            getattr(proto, field).extend(array.ravel().tolist())
+        return proto
     return tf.make_tensor_proto(array)
+
+
+def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
+    """The numpy array of `proto`, equal to `tf.make_ndarray(proto)`.
+
+    Strings, float32 / float64 / int32 / int64 / bool holding one value per element (or one value that
+    fills the shape, or `tensor_content` bytes of the shape) take the fast path; everything else,
+    TensorFlow's.
+
+    Raises:
+        Whatever `tf.make_ndarray` raises on a proto it cannot decode.
+    """
+    shape = tuple(d.size for d in proto.tensor_shape.dim)
+    n = 1
+    for d in shape:
+        n *= d
+    if n and not proto.tensor_shape.unknown_rank:
+        if proto.dtype == types_pb2.DT_STRING and not proto.tensor_content:
+            values = proto.string_val
+            if len(values) == n:
+                out = np.empty(n, dtype=object)
+                out[:] = list(values)
+                return out.reshape(shape)
+        else:
+            known = _BY_ENUM.get(proto.dtype)
+            if known is not None:
+                dtype, field, _ = known
+                if proto.tensor_content:
+                    if len(proto.tensor_content) == n * dtype.itemsize:
+                        return np.frombuffer(proto.tensor_content, dtype=dtype).copy().reshape(shape)
+                else:
+                    values = getattr(proto, field)
+                    if len(values) == n:
+                        return np.array(values, dtype=dtype).reshape(shape)
+                    if len(values) == 1:
+                        return np.full(shape, values[0], dtype=dtype)
+    return tf.make_ndarray(proto)
