@@ -2,7 +2,7 @@
 
     python -m benchmarks.serving_latency [--export-dir DIR --store FILE] [--k 100] [--items 100]
         [--requests 200] [--threads 8] [--load-requests 50] [--rounds 3] [--load-calls candidates,scores]
-        [--mode both|latency|load|batch-cost] [--batch-sizes 1,2,4,8]
+        [--mode both|latency|load|batch-cost|breakdown] [--batch-sizes 1,2,4,8]
 
 The export (`mdr export` / `mdr demo` output) is served by the embedded `serving.server.ModelServer`
 in this process, on 127.0.0.1. Without `--export-dir`, `runs/demo/export` is used, after running
@@ -34,6 +34,14 @@ with the export's `batching.config`) are both up and take turns for `--rounds` r
 throughput over rounds, the server process's CPU time per request (what bounds its throughput on
 cores of its own; the clients share this machine's), p50 / p99 per kind, the failed requests and the
 model runs per round, and the ratios to the first server. `--json FILE` writes every figure.
+
+Breakdown mode: one gRPC call of each kind (candidates; scores through the ranker; scores through
+`rank`) cut into its pieces, each timed on its own over the same queries: the store lookup, the
+request tensors, the request's bytes both ways, the server's checks and decoding, the model call from
+decoded inputs, the response tensors and the client's decoding; beside them the whole call, the
+in-process call, and an empty RPC (`GetModelStatus`): gRPC's own round trip on this machine, which
+no change to our code can remove. What the pieces leave of the whole call is gRPC's threads and
+transport.
 
 Batch-cost mode: the retrieval signature and the scores' (`rank` of the recommender, else the ranker)
 run in process on the merged inputs of 1, 2, 4, ... users (`--batch-sizes`): p50 per call and per
@@ -357,6 +365,103 @@ def batch_cost(store, export_dir, args):
     return rows
 
 
+PIECES = ("feature store lookup (client)", "request tensors (client)", "request bytes, written and read",
+          "checks and decoding (server)", "model, tensors in, numpy out (server)", "response tensors (server)",
+          "response bytes, written, read and decoded (client)")
+
+
+def breakdown(server, client, store, export_dir, args):
+    """Rows (call, piece, p50 ms, p99 ms) of one gRPC call of each kind cut into `PIECES`, each timed on
+    its own over the same queries, then the sum of the pieces, the whole call, the in-process call and
+    an empty RPC."""
+    import numpy as np
+    import tensorflow as tf
+
+    from serving import config as cfg
+    from serving.client import _conform
+    from serving.request_checks import check_inputs
+    from serving.servables import load_servable
+    from serving.tensors import tensor_proto, to_ndarray
+    from tensorflow_serving.apis import predict_pb2
+
+    work = queries(store, args.requests, args.items)
+    calls = [("candidates", args.retrieval_models[0], artifacts.DEFAULT_SIGNATURE,
+              lambda d, u, i: client.candidates(d, u, args.k, store, model=args.retrieval_models[0])),
+             ("scores", args.ranker_model, artifacts.DEFAULT_SIGNATURE,
+              lambda d, u, i: client.scores(d, u, i, store, model=args.ranker_model, recommender_model=None)),
+             ("scores, user sent once", args.recommender_model, artifacts.RANK_SIGNATURE,
+              lambda d, u, i: client.scores(d, u, i, store, recommender_model=args.recommender_model))]
+    rows = []
+    for call, model, key, grpc_call in calls:
+        if model not in server.model_names:
+            print(f"  (skipping {call}: {model} not in the export)")
+            continue
+        base = os.path.join(export_dir, model)
+        version = cfg.list_versions(base)[-1]
+        servable = load_servable(model, version, os.path.join(base, str(version)))
+        signature = servable.signatures[key]
+        info = client.signature_inputs(model, key)
+        kind = "candidates" if call == "candidates" else "scores"
+        seconds = {name: [] for name in PIECES + ("whole gRPC call", "in-process call", "empty RPC (GetModelStatus)")}
+
+        def timed(name, fn, *fn_args):
+            start = time.perf_counter()
+            out = fn(*fn_args)
+            seconds[name].append(time.perf_counter() - start)
+            return out
+
+        def request_tensors(columns):
+            return client.predict_request(model, {n: _conform(columns[n], dtype, shape)
+                                                  for n, (dtype, shape) in info.items()}, signature=key)
+
+        def model_call(arrays):
+            outputs = signature.function(**{k: tf.convert_to_tensor(a, dtype=signature.inputs[k].dtype)
+                                            for k, a in arrays.items()})
+            return {k: v.numpy() for k, v in outputs.items()}
+
+        def response_tensors(outputs):
+            response = predict_pb2.PredictResponse()
+            for name, value in outputs.items():
+                response.outputs[name].CopyFrom(tensor_proto(value))
+            return response
+
+        def response_bytes(response):
+            parsed = predict_pb2.PredictResponse.FromString(response.SerializeToString())
+            return {k: to_ndarray(v) for k, v in parsed.outputs.items()}
+
+        local_signature = load_signature(export_dir, model, key)[0]
+        for n, (domain, user, items) in enumerate(work[:args.warmup] + work):
+            columns = timed(PIECES[0], call_columns, store, kind, key, domain, user, items)
+            request = timed(PIECES[1], request_tensors, columns)
+            parsed = timed(PIECES[2], lambda r: predict_pb2.PredictRequest.FromString(r.SerializeToString()), request)
+            arrays = timed(PIECES[3], check_inputs, servable, signature, parsed.inputs)
+            outputs = timed(PIECES[4], model_call, arrays)
+            response = timed(PIECES[5], response_tensors, outputs)
+            timed(PIECES[6], response_bytes, response)
+            timed("whole gRPC call", grpc_call, domain, user, items)
+            timed("in-process call", lambda: in_process_call(  # the lookup included, as in the whole call
+                local_signature, info, call_columns(store, kind, key, domain, user, items)))
+            timed("empty RPC (GetModelStatus)", client.model_status, model)
+            if n < args.warmup:
+                for values in seconds.values():
+                    values.pop()
+        total = np.sum([seconds[name] for name in PIECES], axis=0)
+        label = f"{call} ({model} v{version} `{key}`)"
+        rows += [(label, name, *percentiles(seconds[name])) for name in PIECES]
+        rows.append((label, "sum of the pieces", *percentiles(total)))
+        rows += [(label, name, *percentiles(seconds[name]))
+                 for name in ("whole gRPC call", "in-process call", "empty RPC (GetModelStatus)")]
+    return rows
+
+
+def format_breakdown(rows):
+    """A markdown table of `breakdown` rows, each piece's p50 as a share of its call's whole gRPC p50."""
+    whole = {call: p50 for call, piece, p50, _ in rows if piece == "whole gRPC call"}
+    lines = ["| call | piece | p50 ms | p99 ms | share of the gRPC call's p50 |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {call} | {piece} | {p50:.3f} | {p99:.3f} | {p50 / whole[call]:.0%} |" for call, piece, p50, p99 in rows]
+    return "\n".join(lines)
+
+
 def format_batch_cost(rows):
     lines = ["| signature | users per call | users or items scored | p50 ms | p50 ms per user |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {name} | {users} | {scored} | {p50:.2f} | {per:.2f} |" for name, users, scored, p50, per in rows]
@@ -395,9 +500,9 @@ def main(argv=None):
     parser.add_argument("--export-dir", help="an `mdr export` folder (default: runs/demo/export)")
     parser.add_argument("--store", help="preprocessing output folder with the feature store; default: the one "
                         "next to the export (<export-dir>/../data)")
-    parser.add_argument("--mode", default="both", choices=("both", "latency", "load", "batch-cost"),
+    parser.add_argument("--mode", default="both", choices=("both", "latency", "load", "batch-cost", "breakdown"),
                         help="both = latency and load; batch-cost: each batchable call in process on the merged "
-                        "inputs of --batch-sizes users")
+                        "inputs of --batch-sizes users; breakdown: one gRPC call of each kind cut into its pieces")
     parser.add_argument("--batch-sizes", default="1,2,4,8", type=lambda s: [int(v) for v in s.split(",")],
                         help="batch-cost mode: users per call")
     parser.add_argument("--k", type=int, default=100, help="candidates per retrieval request")
@@ -457,6 +562,12 @@ def main(argv=None):
         cost = batch_cost(store, export_dir, args)
         print(format_batch_cost(cost))
         results["batch_cost"] = [dict(zip(("signature", "users", "scored", "p50_ms", "p50_ms_per_user"), r)) for r in cost]
+    if args.mode == "breakdown":
+        with server_for(False) as server, sc.Client(server.address, timeout=30.0) as client:
+            parts = breakdown(server, client, store, export_dir, args)
+        print(f"\none call cut into its pieces, {args.requests} queries (after {args.warmup})")
+        print(format_breakdown(parts))
+        results["breakdown"] = [dict(zip(("call", "piece", "p50_ms", "p99_ms"), r)) for r in parts]
     if args.mode in ("both", "latency"):
         with server_for(args.batching == "on") as server, sc.Client(server.address, timeout=30.0) as client:
             print(f"serving {', '.join(server.model_names)} of {export_dir} on {server.address}; "
@@ -493,6 +604,10 @@ def main(argv=None):
                    if args.intra_op_threads or args.inter_op_threads else "")
 
         tables = []
+        if "breakdown" in results:
+            tables.append(f"One gRPC call of each kind cut into its pieces, each timed on its own, {args.requests} queries "
+                          f"after {args.warmup}, {os.cpu_count()} CPU(s){threads}, client in the server's process.\n\n"
+                          + format_breakdown(parts))
         if "batch_cost" in results:
             tables.append(f"Model calls in process on the merged inputs of several users ({args.items} items per user "
                           f"for scores), {args.requests} calls per row after {args.warmup}, {os.cpu_count()} CPU(s){threads}.\n\n"

@@ -200,3 +200,23 @@ def test_serving_batch_cost_times_merged_calls(tiny_export, tmp_path, capsys):
     assert cost[0]["signature"].startswith("retrieval v1 `serving_default`")
     assert cost[2]["signature"].startswith("recommender v1 `rank`")
     assert all(r["p50_ms"] > 0 and abs(r["p50_ms_per_user"] * r["users"] - r["p50_ms"]) < 1e-9 for r in cost)
+
+
+def test_serving_breakdown_cuts_each_call_into_pieces_that_it_contains(tiny_export, tmp_path, capsys):
+    from benchmarks import serving_latency
+
+    export_dir, data_dir = tiny_export
+    out = tmp_path / "breakdown.json"
+    assert serving_latency.main(["--export-dir", export_dir, "--store", data_dir, "--mode", "breakdown",
+                                 "--requests", "4", "--warmup", "1", "--items", "5", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["breakdown"]
+    calls = sorted({r["call"] for r in rows})
+    assert [c.split(" (")[0] for c in calls] == ["candidates", "scores", "scores, user sent once"]
+    for call in calls:
+        figures = {r["piece"]: r["p50_ms"] for r in rows if r["call"] == call}
+        assert list(figures)[:len(serving_latency.PIECES)] == list(serving_latency.PIECES)
+        assert all(v > 0 for v in figures.values())
+        # Every piece is part of the whole call (each timed on its own, so the sum is not exact).
+        assert max(figures[p] for p in serving_latency.PIECES) < figures["whole gRPC call"]
+    table = table_rows(capsys.readouterr().out)
+    assert table  # printed as a markdown table
