@@ -108,7 +108,7 @@ def test_adi_beats_the_domain_blind_dnn_on_a_planted_id_only_world(tmp_path):
 
 
 @pytest.mark.parametrize("model,config", [("adi", {}), ("adi", {"self_training": True}), ("star", {}),
-                                          ("dnn", {})])
+                                          ("dnn", {}), ("adi", {"item_backbone": "dnn"})])
 def test_model_config_round_trip_same_embeddings(synthetic_data, model, config):
     from tests.mdr_keras.layer_checks import assert_config_round_trip
 
@@ -122,3 +122,19 @@ def test_model_config_round_trip_same_embeddings(synthetic_data, model, config):
     after = clone(batch)
     for side in ("user", "item"):
         np.testing.assert_allclose(after[side].numpy(), before[side].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_item_backbone_replaces_only_the_item_towers_backbone(synthetic_data):
+    from mdr_keras.layers.adi_backbone import ADIBackbone
+
+    out, _ = synthetic_data
+    spec = fs.FeatureSpec.load(out)
+    batch = next(iter(data.make_dataset(out, "eval", 8)))
+    mixed = build_retrieval_model(spec, "adi", RetrievalConfig(item_backbone="dnn"))
+    plain = build_retrieval_model(spec, "dnn-domain", RetrievalConfig())
+    mixed(batch), plain(batch)
+    assert isinstance(mixed.user_tower.backbone, ADIBackbone)
+    assert type(mixed.item_tower.backbone) is type(plain.item_tower.backbone)  # dnn-domain's MLP
+    assert mixed.item_tower.count_params() == plain.item_tower.count_params()
+    with pytest.raises(ValueError, match="item_backbone"):
+        RetrievalConfig(item_backbone="transformer")
