@@ -284,14 +284,28 @@ def client_process(address, payloads, count, offset):
         return out
 
 
+def start_client(cpus=None):
+    """A load client process's start: pinned to `cpus` (None: any), gRPC imported (not in the first round)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    import grpc  # noqa: F401
+
+
+def pin_this_process(cpus):
+    """Every thread of this process (gRPC's, TensorFlow's pools) on `cpus`; threads started later inherit it."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+            pass
+
+
 def client_pool(args):
     """The load's client processes (spawned once: starting Python in each took more CPU than the calls)."""
-    import importlib
     import multiprocessing
 
-    # gRPC imported as each process starts, not inside the first round
-    return multiprocessing.get_context("spawn").Pool(args.threads, initializer=importlib.import_module,
-                                                     initargs=("grpc",))
+    return multiprocessing.get_context("spawn").Pool(args.threads, initializer=start_client,
+                                                     initargs=(args.client_cpus,))
 
 
 def load(server, payloads, args, pool):
@@ -495,6 +509,18 @@ def format_load(by_mode):
     return "\n".join(lines)
 
 
+def cpu_list(text):
+    """'1,0' -> [0, 1]: CPUs this machine has."""
+    try:
+        cpus = {int(c) for c in text.split(",") if c.strip()}
+    except ValueError:
+        cpus = set()
+    if not cpus or not cpus <= os.sched_getaffinity(0):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of CPUs of this machine "
+                                         f"({sorted(os.sched_getaffinity(0))}). Received: {text!r}")
+    return sorted(cpus)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export-dir", help="an `mdr export` folder (default: runs/demo/export)")
@@ -519,6 +545,11 @@ def main(argv=None):
     parser.add_argument("--ranker-model", default="ranker")
     parser.add_argument("--recommender-model", default="recommender",
                         help="the one-call recommender (latency mode; skipped when the export has none)")
+    parser.add_argument("--server-cpus", type=cpu_list, default=None,
+                        help="load mode: pin the servers (this process, every thread) to these CPUs, e.g. 0")
+    parser.add_argument("--client-cpus", type=cpu_list, default=None,
+                        help="load mode: pin the client processes to these CPUs, e.g. 1 (clients off the "
+                        "server's cores, as from another machine)")
     parser.add_argument("--batching", default="both", choices=("off", "on", "both"),
                         help="load mode: the server without, with, or without and then with batching")
     parser.add_argument("--batching-parameters-file", help="batching parameters (default: the export's batching.config)")
@@ -585,6 +616,9 @@ def main(argv=None):
             servers = {mode: stack.enter_context(server_for(enable)) for mode, enable in modes.items()}
             with sc.Client(next(iter(servers.values())).address, timeout=30.0) as client:
                 payloads = load_requests(client, store, export_dir, args)  # the same requests for every server
+            if args.server_cpus:
+                stack.callback(pin_this_process, sorted(os.sched_getaffinity(0)))  # as before, once done
+                pin_this_process(args.server_cpus)
             pool = stack.enter_context(client_pool(args))
             pool.starmap(time.sleep, [(0.5,)] * args.threads)  # every client process started before a round
             rounds = {mode: [] for mode in servers}
@@ -613,9 +647,11 @@ def main(argv=None):
                           f"for scores), {args.requests} calls per row after {args.warmup}, {os.cpu_count()} CPU(s){threads}.\n\n"
                           + format_batch_cost(cost))
         if "load" in results:
+            pinned = "".join(f", {who} on CPU(s) {','.join(map(str, cpus))}" for who, cpus in
+                             (("the server", args.server_cpus), ("the clients", args.client_cpus)) if cpus)
             tables.append(f"Load: {args.threads} clients x {args.load_requests} requests, {load_mix(args)}, "
-                          f"{args.rounds} round(s) per server taking turns, {os.cpu_count()} CPU(s){threads}, each client a "
-                          "process sending prebuilt requests.\n\n" + format_load(results["load"]))
+                          f"{args.rounds} round(s) per server taking turns, {os.cpu_count()} CPU(s){threads}{pinned}, "
+                          "each client a process sending prebuilt requests.\n\n" + format_load(results["load"]))
         if "latency" in results:
             tables.append(f"Latency: {args.requests} sequential calls per row and path after {args.warmup} warm-up "
                           f"calls, the paths taking turns, {os.cpu_count()} CPU(s){threads}, client in the server's process; "

@@ -171,6 +171,27 @@ def test_serving_load_sends_prebuilt_requests_from_client_processes(tiny_export,
     assert number(rows["no batching"][1]) == 1.0 and number(rows["no batching"][3]) == 1.0  # vs first
 
 
+def test_serving_load_pins_server_and_clients_and_restores_the_process(tiny_export, tmp_path, capsys):
+    import os
+
+    from benchmarks import serving_latency
+
+    export_dir, data_dir = tiny_export
+    before = os.sched_getaffinity(0)
+    cpu = min(before)
+    out = tmp_path / "load.json"
+    assert serving_latency.main(["--export-dir", export_dir, "--store", data_dir, "--mode", "load", "--threads", "1",
+                                 "--load-requests", "2", "--rounds", "1", "--batching", "off", "--items", "5",
+                                 "--server-cpus", str(cpu), "--client-cpus", str(cpu), "--json", str(out)]) == 0
+    assert os.sched_getaffinity(0) == before  # this process is free again
+    figures = json.loads(out.read_text())
+    assert figures["load"]["no batching"]["failed"] == 0
+    assert figures["args"]["server_cpus"] == [cpu] and figures["args"]["client_cpus"] == [cpu]
+    with pytest.raises(SystemExit):
+        serving_latency.main(["--export-dir", export_dir, "--mode", "load", "--server-cpus", "9999"])
+    assert "--server-cpus" in capsys.readouterr().err
+
+
 def test_serving_load_of_candidates_only_and_a_bad_call_name(tiny_export, tmp_path, capsys):
     from benchmarks import serving_latency
 
