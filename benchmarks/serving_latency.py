@@ -3,6 +3,7 @@
     python -m benchmarks.serving_latency [--export-dir DIR --store FILE] [--k 100] [--items 100]
         [--requests 200] [--threads 8] [--load-requests 50] [--rounds 3] [--load-calls candidates,scores]
         [--mode both|latency|load|batch-cost|breakdown] [--batch-sizes 1,2,4,8]
+        [--server-cpus 0 --client-cpus 1]
 
 The export (`mdr export` / `mdr demo` output) is served by the embedded `serving.server.ModelServer`
 in this process, on 127.0.0.1. Without `--export-dir`, `runs/demo/export` is used, after running
@@ -33,7 +34,9 @@ alternating). A server without and one with batching (`--batching both`, the def
 with the export's `batching.config`) are both up and take turns for `--rounds` rounds. Prints the median
 throughput over rounds, the server process's CPU time per request (what bounds its throughput on
 cores of its own; the clients share this machine's), p50 / p99 per kind, the failed requests and the
-model runs per round, and the ratios to the first server. `--json FILE` writes every figure.
+model runs per round, and the ratios to the first server. `--server-cpus 0 --client-cpus 1` pins the
+servers (every thread of this process) and the client processes to separate cores, as clients on other
+machines would leave the server its cores. `--json FILE` writes every figure.
 
 Breakdown mode: one gRPC call of each kind (candidates; scores through the ranker; scores through
 `rank`) cut into its pieces, each timed on its own over the same queries: the store lookup, the
