@@ -447,7 +447,8 @@ def breakdown(server, client, store, export_dir, args):
             return {k: to_ndarray(v) for k, v in parsed.outputs.items()}
 
         local_signature = load_signature(export_dir, model, key)[0]
-        for n, (domain, user, items) in enumerate(work[:args.warmup] + work):
+        warm = work[:args.warmup]
+        for n, (domain, user, items) in enumerate(warm + work):
             columns = timed(PIECES[0], call_columns, store, kind, key, domain, user, items)
             request = timed(PIECES[1], request_tensors, columns)
             parsed = timed(PIECES[2], lambda r: predict_pb2.PredictRequest.FromString(r.SerializeToString()), request)
@@ -459,7 +460,7 @@ def breakdown(server, client, store, export_dir, args):
             timed("in-process call", lambda: in_process_call(  # the lookup included, as in the whole call
                 local_signature, info, call_columns(store, kind, key, domain, user, items)))
             timed("empty RPC (GetModelStatus)", client.model_status, model)
-            if n < args.warmup:
+            if n < len(warm):
                 for values in seconds.values():
                     values.pop()
         total = np.sum([seconds[name] for name in PIECES], axis=0)
@@ -619,10 +620,10 @@ def main(argv=None):
             servers = {mode: stack.enter_context(server_for(enable)) for mode, enable in modes.items()}
             with sc.Client(next(iter(servers.values())).address, timeout=30.0) as client:
                 payloads = load_requests(client, store, export_dir, args)  # the same requests for every server
+            pool = stack.enter_context(client_pool(args))  # started first: they must not inherit the server's CPUs
             if args.server_cpus:
                 stack.callback(pin_this_process, sorted(os.sched_getaffinity(0)))  # as before, once done
                 pin_this_process(args.server_cpus)
-            pool = stack.enter_context(client_pool(args))
             pool.starmap(time.sleep, [(0.5,)] * args.threads)  # every client process started before a round
             rounds = {mode: [] for mode in servers}
             for _ in range(args.rounds):  # the servers take turns, so a drift of the machine's speed hits both

@@ -361,7 +361,10 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
         tf.io.gfile.makedirs(model_dir)
         _copy_spec(spec, model_dir)
         with tf.io.gfile.GFile(os.path.join(model_dir, artifacts.TRAIN_CONFIG), "w") as f:
-            f.write(json.dumps(config.to_json(), indent=2) + "\n")
+            # Every field of the model config, set or default: a later change of a default must not
+            # rebuild this model otherwise when it is loaded.
+            saved = {**config.to_json(), "model_config": dataclasses.asdict(config.model_settings())}
+            f.write(json.dumps(saved, indent=2) + "\n")
 
     validation = validation_of(data_dir, config.validation_split)
     holdout = validation == data.HOLDOUT
@@ -484,6 +487,20 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
     return summary
 
 
+# Model-config defaults that changed, with the value they had before. A train_config.json written before
+# the model config was saved whole (2026-12-04) names only the fields that were set; the others take the
+# default of the day it was written, or the model would be rebuilt otherwise than it was trained (and
+# `expect_partial` would drop the weights that no longer fit, without a word).
+FORMER_DEFAULTS = {RETRIEVAL_TASK: {"dsbn": True}}
+
+
+def saved_config(values: Dict[str, Any]) -> "TrainConfig":
+    """The `TrainConfig` of a model folder's train_config.json `values`, former defaults filled in."""
+    config = TrainConfig(**values)
+    former = {k: v for k, v in FORMER_DEFAULTS.get(config.task, {}).items() if k not in config.model_config}
+    return dataclasses.replace(config, model_config={**former, **config.model_config}) if former else config
+
+
 def load_model(model_dir: str):
     """(model, spec, config) of a trained model folder, with its final weights, in a fresh process."""
     path = os.path.join(model_dir, artifacts.TRAIN_CONFIG)
@@ -491,7 +508,7 @@ def load_model(model_dir: str):
         raise FileNotFoundError(f"{model_dir} holds no trained model (no {artifacts.TRAIN_CONFIG}); "
                                 "run `mdr train` first")
     with tf.io.gfile.GFile(path) as f:
-        config = TrainConfig(**json.load(f))
+        config = saved_config(json.load(f))
     if not tf.io.gfile.exists(os.path.join(model_dir, artifacts.WEIGHTS + ".index")):
         raise FileNotFoundError(f"{model_dir} holds no final weights; its training did not finish")
     spec = fs.FeatureSpec.load(model_dir)

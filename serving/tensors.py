@@ -7,7 +7,8 @@ pass) and `tf.make_ndarray`'s are 40-45 us a tensor: a ranker request has 19 inp
 encoded and decoded (measured on the demo export, 2 cores: 0.9 ms on the client, 0.9 ms on the server
 of a 12 ms call). `tensor_proto` and `to_ndarray` write and read the arrays the served signatures take
 (strings, float32/64, int32/64, bool) directly and hand every other case to TensorFlow; each equals
-TensorFlow's function on every input (tests/serving/test_tensors.py).
+TensorFlow's function on numpy arrays (tests/serving/test_tensors.py; a Python scalar or list is made a
+numpy array first, so `1.0` is float64 here where TensorFlow would pick float32).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def tensor_proto(value) -> tensor_pb2.TensorProto:
         except TypeError:  # an element that is not bytes: TensorFlow's conversion encodes or refuses it
             pass
     known = _NUMERIC.get(array.dtype)
-    if known is not None and array.size:
+    if known is not None and array.size and array.nbytes < (1 << 31):  # TensorFlow refuses 2 GiB and more
         enum, field, content = known
         proto = tensor_pb2.TensorProto(dtype=enum, tensor_shape=_shape_proto(array.shape))
         if content and array.size > 1:

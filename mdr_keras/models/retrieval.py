@@ -344,6 +344,9 @@ def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: Retr
     # DNN with them matches ADI, without them it loses half its recall). `dnn-domain` reads both;
     # `dnn-single` trains one model per domain, so its statistics are its own domain's.
     blind = model == "dnn"
+    if blind and config.item_backbone not in (None, "dnn"):
+        raise ValueError("The domain-blind `dnn` model takes no item backbone that reads the domain. "
+                         f"Received: item_backbone={config.item_backbone!r}")
     if blind:
         unseen = {f.name for f in spec.by_role(fs.ROLE_USER_DOMAIN_STAT, fs.ROLE_ITEM_DOMAIN_STAT)} | {fs.DOMAIN}
         user, item = [n for n in user if n not in unseen], [n for n in item if n not in unseen]

@@ -1,4 +1,5 @@
 """mdr_keras.training: configs, `mdr train` / `mdr evaluate` over 2 mirrored replicas, resume, fresh-process reload."""
+import dataclasses
 import json
 import math
 import os
@@ -10,6 +11,7 @@ import pytest
 import tf_keras as keras
 
 from mdr_keras import training
+from mdr_keras.models import retrieval
 from mdr_contract import feature_spec as fs
 
 
@@ -90,6 +92,16 @@ def test_weight_decay_trains_with_adamw(synthetic_data):
     assert type(plain.optimizer) is keras.optimizers.Adam
 
 
+def test_a_config_saved_before_the_whole_model_config_takes_the_defaults_of_its_day():
+    # train_config.json files written before 2026-12-04 name only the fields that were set; ADI had DSBN on.
+    old = training.saved_config({"model": "adi", "task": "retrieval", "model_config": {"tower_units": [32, 16]}})
+    assert old.model_settings().dsbn is True and list(old.model_settings().tower_units) == [32, 16]
+    assert training.saved_config({"model": "adi", "model_config": {"dsbn": False}}).model_settings().dsbn is False
+    ranker = training.saved_config({"model": "ranker", "task": "ranking", "model_config": {}})
+    assert ranker.model_config == {}  # the ranker's defaults did not change
+    assert training.TrainConfig(model="adi").model_settings().dsbn is False  # today's default
+
+
 def test_load_model_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no trained model"):
         training.load_model(str(tmp_path))
@@ -117,7 +129,9 @@ def test_train_on_two_mirrored_replicas_then_evaluate_in_a_fresh_process(synthet
                  "history.csv"):
         assert os.path.exists(os.path.join(model_dir, name)), name
     assert not os.path.exists(os.path.join(model_dir, "backup"))  # removed once training ends
-    assert json.load(open(os.path.join(model_dir, "train_config.json")))["model_config"] == {"tower_units": [32, 16]}
+    # The whole model config is saved, defaults included: a default changed later rebuilds it as trained.
+    whole = json.loads(json.dumps(dataclasses.asdict(retrieval.RetrievalConfig(tower_units=[32, 16]))))
+    assert json.load(open(os.path.join(model_dir, "train_config.json")))["model_config"] == whole
 
     # A fresh process rebuilds the model from the folder alone and evaluates it.
     code, out, err = mdr("evaluate", "--model-dir", model_dir, "--data", data_dir, "-k", "10")

@@ -141,3 +141,5 @@ def test_item_backbone_replaces_only_the_item_towers_backbone(synthetic_data):
     assert mixed.item_tower.count_params() == plain.item_tower.count_params()
     with pytest.raises(ValueError, match="item_backbone"):
         RetrievalConfig(item_backbone="transformer")
+    with pytest.raises(ValueError, match="domain-blind"):
+        build_retrieval_model(spec, "dnn", RetrievalConfig(item_backbone="adi"))
