@@ -446,7 +446,6 @@ def breakdown(server, client, store, export_dir, args):
             parsed = predict_pb2.PredictResponse.FromString(response.SerializeToString())
             return {k: to_ndarray(v) for k, v in parsed.outputs.items()}
 
-        local_signature = load_signature(export_dir, model, key)[0]
         warm = work[:args.warmup]
         for n, (domain, user, items) in enumerate(warm + work):
             columns = timed(PIECES[0], call_columns, store, kind, key, domain, user, items)
@@ -458,7 +457,7 @@ def breakdown(server, client, store, export_dir, args):
             timed(PIECES[6], response_bytes, response)
             timed("whole gRPC call", grpc_call, domain, user, items)
             timed("in-process call", lambda: in_process_call(  # the lookup included, as in the whole call
-                local_signature, info, call_columns(store, kind, key, domain, user, items)))
+                signature.function, info, call_columns(store, kind, key, domain, user, items)))
             timed("empty RPC (GetModelStatus)", client.model_status, model)
             if n < len(warm):
                 for values in seconds.values():

@@ -51,7 +51,7 @@ from tensorflow.core.framework import types_pb2
 
 from serving import config as cfg
 from serving.servables import Servable, Signature, shape_str
-from serving.tensors import to_ndarray
+from serving.tensors import VALUE_FIELDS, to_ndarray
 
 
 class RequestError(Exception):
@@ -159,18 +159,6 @@ def check_inputs(servable: Servable, signature: Signature, inputs: Mapping, max_
     return arrays
 
 
-# The typed field `tf.make_ndarray` (and TensorFlow's Tensor::FromProto) reads for each dtype.
-_VALUE_FIELDS = {
-    types_pb2.DT_HALF: "half_val", types_pb2.DT_BFLOAT16: "half_val", types_pb2.DT_FLOAT: "float_val",
-    types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val",
-    types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val", types_pb2.DT_STRING: "string_val",
-    types_pb2.DT_COMPLEX64: "scomplex_val", types_pb2.DT_COMPLEX128: "dcomplex_val",
-    **{d: "int_val" for d in (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8,
-                              types_pb2.DT_UINT16, types_pb2.DT_QINT8, types_pb2.DT_QUINT8, types_pb2.DT_QINT16,
-                              types_pb2.DT_QUINT16, types_pb2.DT_QINT32)},
-}
-
-
 def _check_value_count(name: str, proto, shape: Tuple[int, ...]) -> None:
     """Refuses values that do not fill `shape` exactly (one typed value repeated over it excepted)."""
     n = math.prod(shape)
@@ -182,7 +170,7 @@ def _check_value_count(name: str, proto, shape: Tuple[int, ...]) -> None:
                                f"{n * dtype.size} bytes) but its tensor_content holds {len(proto.tensor_content)} "
                                "bytes")
         return
-    field = _VALUE_FIELDS.get(proto.dtype)
+    field = VALUE_FIELDS.get(proto.dtype)
     if field is None:  # dtypes no signature of ours takes: left to the decoder
         return
     count = len(getattr(proto, field))

@@ -12,21 +12,34 @@ numpy array first, so `1.0` is float64 here where TensorFlow would pick float32)
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-# numpy dtype -> (DataType enum, typed field of one value, whether `tensor_content` carries more than one).
-# As `tf.make_tensor_proto`: numbers of size > 1 go out as `tensor_content` bytes, size 1 in the typed
-# field; bool always in `bool_val`.
-_NUMERIC = {
-    np.dtype(np.float32): (types_pb2.DT_FLOAT, "float_val", True),
-    np.dtype(np.float64): (types_pb2.DT_DOUBLE, "double_val", True),
-    np.dtype(np.int32): (types_pb2.DT_INT32, "int_val", True),
-    np.dtype(np.int64): (types_pb2.DT_INT64, "int64_val", True),
-    np.dtype(np.bool_): (types_pb2.DT_BOOL, "bool_val", False),
+# The typed field `tf.make_ndarray` (and TensorFlow's Tensor::FromProto) reads for each dtype.
+VALUE_FIELDS = {
+    types_pb2.DT_HALF: "half_val", types_pb2.DT_BFLOAT16: "half_val", types_pb2.DT_FLOAT: "float_val",
+    types_pb2.DT_DOUBLE: "double_val", types_pb2.DT_INT64: "int64_val", types_pb2.DT_UINT32: "uint32_val",
+    types_pb2.DT_UINT64: "uint64_val", types_pb2.DT_BOOL: "bool_val", types_pb2.DT_STRING: "string_val",
+    types_pb2.DT_COMPLEX64: "scomplex_val", types_pb2.DT_COMPLEX128: "dcomplex_val",
+    **{d: "int_val" for d in (types_pb2.DT_INT32, types_pb2.DT_INT16, types_pb2.DT_INT8, types_pb2.DT_UINT8,
+                              types_pb2.DT_UINT16, types_pb2.DT_QINT8, types_pb2.DT_QUINT8, types_pb2.DT_QINT16,
+                              types_pb2.DT_QUINT16, types_pb2.DT_QINT32)},
 }
-_BY_ENUM = {enum: (dtype, field, content) for dtype, (enum, field, content) in _NUMERIC.items()}
+
+# numpy dtype -> (DataType enum, whether `tensor_content` carries more than one value). As
+# `tf.make_tensor_proto`: numbers of size > 1 go out as `tensor_content` bytes, size 1 in the typed
+# field (`VALUE_FIELDS`); bool always in `bool_val`.
+_NUMERIC = {
+    np.dtype(np.float32): (types_pb2.DT_FLOAT, True),
+    np.dtype(np.float64): (types_pb2.DT_DOUBLE, True),
+    np.dtype(np.int32): (types_pb2.DT_INT32, True),
+    np.dtype(np.int64): (types_pb2.DT_INT64, True),
+    np.dtype(np.bool_): (types_pb2.DT_BOOL, False),
+}
+_BY_ENUM = {enum: dtype for dtype, (enum, _) in _NUMERIC.items()}
 
 
 def _shape_proto(shape) -> tensor_shape_pb2.TensorShapeProto:
@@ -54,12 +67,12 @@ def tensor_proto(value) -> tensor_pb2.TensorProto:
             pass
     known = _NUMERIC.get(array.dtype)
     if known is not None and array.size and array.nbytes < (1 << 31):  # TensorFlow refuses 2 GiB and more
-        enum, field, content = known
+        enum, content = known
         proto = tensor_pb2.TensorProto(dtype=enum, tensor_shape=_shape_proto(array.shape))
         if content and array.size > 1:
             proto.tensor_content = array.tobytes()  # row-major whatever the array's memory order
         else:
-            getattr(proto, field).extend(array.ravel().tolist())
+            getattr(proto, VALUE_FIELDS[enum]).extend(array.ravel().tolist())
         return proto
     return tf.make_tensor_proto(array)
 
@@ -75,9 +88,7 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
         Whatever `tf.make_ndarray` raises on a proto it cannot decode.
     """
     shape = tuple(d.size for d in proto.tensor_shape.dim)
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     if n and not proto.tensor_shape.unknown_rank:
         if proto.dtype == types_pb2.DT_STRING and not proto.tensor_content:
             values = proto.string_val
@@ -86,14 +97,13 @@ def to_ndarray(proto: tensor_pb2.TensorProto) -> np.ndarray:
                 out[:] = list(values)
                 return out.reshape(shape)
         else:
-            known = _BY_ENUM.get(proto.dtype)
-            if known is not None:
-                dtype, field, _ = known
+            dtype = _BY_ENUM.get(proto.dtype)
+            if dtype is not None:
                 if proto.tensor_content:
                     if len(proto.tensor_content) == n * dtype.itemsize:
                         return np.frombuffer(proto.tensor_content, dtype=dtype).copy().reshape(shape)
                 else:
-                    values = getattr(proto, field)
+                    values = getattr(proto, VALUE_FIELDS[proto.dtype])
                     if len(values) == n:
                         return np.array(values, dtype=dtype).reshape(shape)
                     if len(values) == 1:

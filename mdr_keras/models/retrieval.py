@@ -87,8 +87,9 @@ class RetrievalConfig:
         item_backbone: the item tower's backbone when it is not the model's own (one of `BACKBONES`; `"dnn"`
             with the domain among its inputs is dnn-domain's item tower). Default None: the model's. An
             ablation: on the planted world of users confined to one domain (3 seeds, Recall@50 / @100
-            overall) ADI with dnn-domain's item tower scores 0.7297 / 0.8803 and dnn-domain with ADI's item
-            tower 0.7282 / 0.8840, against ADI's 0.7250 / 0.8796 and dnn-domain's 0.7272 / 0.8793 (6 seeds):
+            overall; every ADI part with DSBN, the default then) ADI with dnn-domain's item tower scores
+            0.7297 / 0.8803 and dnn-domain with ADI's item tower 0.7282 / 0.8840, against ADI's 0.7250 /
+            0.8796 and dnn-domain's 0.7272 / 0.8793 (6 seeds):
             neither tower separates them (docs/results.md, "The planted id-only world again").
     """
 
