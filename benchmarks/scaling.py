@@ -238,7 +238,9 @@ def server_part(args, logs) -> List[dict]:
 
 
 def table(rows: List[dict]) -> str:
-    """Markdown: one line per measurement, its rate against the part's first row."""
+    """Markdown: one line per measurement, its rate against the part's first row (rows of one part together,
+    smallest work first, whatever run each came from)."""
+    rows = sorted(rows, key=lambda r: (PARTS.index(r["part"]), r["work"]))
     lines = ["| part | work | wall s | rate | vs first | peak memory MiB | notes |", "|---|---|---|---|---|---|---|"]
     first: Dict[str, dict] = {}
     for r in rows:
@@ -266,7 +268,7 @@ def plot(rows: List[dict], path: str) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     by_part: Dict[str, List[dict]] = {}
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["work"]):
         if not r.get("error"):  # a failed measurement has no time to plot
             by_part.setdefault(r["part"], []).append(r)
     series = []

@@ -43,6 +43,20 @@ def test_table_compares_each_part_with_its_first_row_and_shows_failures():
     assert lines[4].endswith("| failed: RuntimeError: reconciliation failed |")
 
 
+def test_table_groups_rows_of_merged_runs_by_part_and_work():
+    # An index row measured apart and merged after the server rows: it joins its part, after the smaller size.
+    def row(part, work, rate):
+        return {"part": part, "work": work, "unit": "u", "seconds": 1.0, "rate": rate, "rate_unit": "x/s",
+                "peak_mib": 1.0, "build_seconds": 1.0, "recall": 1.0, "exact_rate": 1.0,
+                "p99_ms": {"candidates": 1.0, "scores": 1.0}, "failed": 0}
+
+    lines = scaling.table([row("index", 100, 8.0), row("server", 1, 3.0), row("index", 400, 2.0),
+                           row("index", 200, 4.0)]).splitlines()[2:]
+    assert [line.split(" | ")[:2] for line in lines] == [["| index", "100 u"], ["| index", "200 u"],
+                                                         ["| index", "400 u"], ["| server", "1 u"]]
+    assert "| 0.25x |" in lines[2]  # 2 / 8: still against the part's smallest
+
+
 def test_server_row_reads_the_serving_benchmarks_figures():
     # Two rounds of the serving benchmark's own figures: 4 calls in 2 s (2/s), 3 calls in 1 s (3/s).
     from benchmarks import serving_latency
