@@ -1,6 +1,7 @@
 """mdr_keras.evaluation: Recall@K and AUC / logloss of known scorers against counts taken from the records,
 exact AUC / logloss / AUC Imp. by hand."""
 import math
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -183,3 +184,41 @@ def test_unseen_sampling_never_draws_the_users_training_clicks(synthetic_data):
         evaluate_recall(scorer, data_dir, sampling="nope")
     with pytest.raises(ValueError, match=r"`sampled_negatives` must be an int >= 1. Received: sampled_negatives=0"):
         evaluate_popularity(data_dir, sampled_negatives=0)
+
+
+class NoisyItems(OneHotItems):
+    """Random item vectors; a query is its own item's vector plus noise, so its item ranks anywhere near the top."""
+
+    def __init__(self, vocabulary, noise=1.5, dim=8):
+        super().__init__(vocabulary)
+        rng = np.random.default_rng(0)
+        self.table = rng.normal(size=(len(self.index) + 1, dim)).astype(np.float32)  # last row: unknown ids
+        self.noise = noise
+
+    def _vectors(self, ids):
+        return self.table[[self.index.get(i, -1) for i in ids.numpy()]]
+
+    def item_embedding(self, batch):
+        return tf.constant(self._vectors(batch[fs.ITEM_ID]))
+
+    def user_embedding(self, batch):
+        ids = batch[fs.ITEM_ID].numpy()
+        noise = np.stack([np.random.default_rng(zlib.crc32(i)).normal(size=self.table.shape[1]) for i in ids])
+        return tf.constant(self._vectors(batch[fs.ITEM_ID]) + self.noise * noise.astype(np.float32))
+
+
+def test_full_corpus_recall_does_not_depend_on_the_chunks(synthetic_data, monkeypatch):
+    # Queries and items scored a few at a time (chunks that divide nothing evenly) rank every query as the
+    # whole matrix at once does: the chunks bound memory, not the answer.
+    from mdr_keras import evaluation
+
+    data_dir, _ = synthetic_data
+    model = NoisyItems(fs.FeatureSpec.load(data_dir).vocabulary(fs.ITEM_ID))
+    whole = evaluate_recall(model, data_dir, ks=(1, 5, 20))
+    assert 0.05 < whole["overall"]["recall@5"] < 0.95  # neither every query found nor none
+    monkeypatch.setattr(evaluation, "QUERY_CHUNK", 7)
+    monkeypatch.setattr(evaluation, "ITEM_CHUNK", 3)
+    chunked = evaluate_recall(model, data_dir, ks=(1, 5, 20))
+    for d, r in whole["per_domain"].items():
+        for k in (1, 5, 20):
+            assert chunked["per_domain"][d][f"recall@{k}"] == r[f"recall@{k}"], (d, k)

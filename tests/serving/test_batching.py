@@ -167,3 +167,33 @@ def test_the_server_merges_concurrent_predicts_and_answers_each_as_alone(affine_
         assert alone.keys() == batched.keys()
         for name in alone:
             np.testing.assert_allclose(batched[name], alone[name], rtol=1e-6)
+
+
+def test_a_bad_request_among_batched_ones_gets_its_own_error_and_the_others_their_answers(affine_config):
+    # Wrong dtype and wrong inner shape, sent with good requests at once: each bad one is refused alone with
+    # INVALID_ARGUMENT naming its input; the good ones are still merged and answered as alone (2 x + 1).
+    models_config, batching = affine_config
+    good = [np.array([[float(i)], [i + 0.5]], np.float32) for i in range(12)]
+    bad = [np.array([[1], [2]], np.int64), np.zeros((2, 3), np.float32)]
+
+    def ask(server, x):
+        with grpc.insecure_channel(server.address) as channel:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = "affine"
+            req.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+            try:
+                response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30)
+            except grpc.RpcError as e:
+                return e.code(), e.details()
+            return tf.make_ndarray(response.outputs["y"])
+
+    with ModelServer(models_config, port=0, max_workers=16, poll_interval=0, enable_batching=True,
+                     batching_parameters_file=batching) as server:
+        with concurrent.futures.ThreadPoolExecutor(14) as pool:
+            answers = list(pool.map(lambda x: ask(server, x), good[:6] + bad + good[6:]))
+        runs = server.stats()["model_runs"]
+    for x, answer in zip(good, answers[:6] + answers[8:]):
+        np.testing.assert_allclose(answer, 2 * x + 1, rtol=1e-6)
+    for code, details in answers[6:8]:
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "'x'" in details, details
+    assert runs < 12, runs  # the good ones still shared calls
