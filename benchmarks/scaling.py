@@ -83,15 +83,28 @@ def tree_rss_kib(pid: int) -> int:
     return total
 
 
-def measure(argv: List[str], log: str, timeout: float = 7200.0) -> dict:
-    """Runs `argv` (stdout + stderr to `log`); {"seconds", "peak_mib"}; PartError unless it exits 0."""
+PROFILE_POINTS = 300  # samples kept of a memory profile (evenly spaced in time)
+
+
+def measure(argv: List[str], log: str, timeout: float = 7200.0, profile: bool = False) -> dict:
+    """Runs `argv` (stdout + stderr to `log`); {"seconds", "peak_mib"}; PartError unless it exits 0.
+
+    With `profile`, also "profile": `[seconds, MiB of the process itself, MiB of its descendants]` samples
+    (at most `PROFILE_POINTS`): for a Beam job on the local runner, the runner (the process, which holds the
+    collections between stages) apart from its SDK workers."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
     start = time.perf_counter()
     peak = 0
+    samples = []
     with open(log, "w") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         while process.poll() is None:
-            peak = max(peak, tree_rss_kib(process.pid))
+            tree = tree_rss_kib(process.pid)
+            peak = max(peak, tree)
+            if profile:
+                own = _rss_kib(process.pid)
+                samples.append([round(time.perf_counter() - start, 2), round(own / 1024, 1),
+                                round(max(tree - own, 0) / 1024, 1)])
             if time.perf_counter() - start > timeout:
                 process.kill()
             time.sleep(SAMPLE_SECONDS)
@@ -101,7 +114,11 @@ def measure(argv: List[str], log: str, timeout: float = 7200.0) -> dict:
             tail = "".join(f.readlines()[-15:])
         raise PartError(f"{' '.join(argv[:4])} ... exited with status {process.returncode} (log {log}):\n{tail}",
                         seconds, peak / 1024)
-    return {"seconds": seconds, "peak_mib": peak / 1024}
+    result = {"seconds": seconds, "peak_mib": peak / 1024}
+    if profile:
+        step = max(1, -(-len(samples) // PROFILE_POINTS))
+        result["profile"] = samples[::step]
+    return result
 
 
 def _mdr(*args) -> List[str]:
@@ -150,7 +167,7 @@ def beam_part(args, logs) -> List[dict]:
         print(f"beam: {copies * base_rows:,} rows ...", flush=True)
         try:
             m = measure(_mdr("preprocess", "--source", "synthetic", "--input", raw, "--output", out, "--overwrite"),
-                        os.path.join(logs, f"preprocess-x{copies}.log"))
+                        os.path.join(logs, f"preprocess-x{copies}.log"), profile=True)
         except PartError as e:  # a failed size is a row of the table (with the job's last line), not the end
             rows = copies * base_rows
             last = [line for line in str(e).splitlines() if line.strip()][-1].strip()
@@ -163,7 +180,7 @@ def beam_part(args, logs) -> List[dict]:
         rows = meta["rows_read"]
         rows_out.append({"part": "beam", "work": rows, "unit": "rows", "seconds": m["seconds"],
                          "rate": rows / m["seconds"], "rate_unit": "rows/s", "peak_mib": m["peak_mib"],
-                         "data": out})
+                         "data": out, "memory_profile": m["profile"]})
         print(f"  {rows:,} rows in {m['seconds']:.1f} s ({rows / m['seconds']:,.0f} rows/s), "
               f"peak {m['peak_mib']:,.0f} MiB", flush=True)
     return rows_out
@@ -320,6 +337,44 @@ def plot(rows: List[dict], path: str) -> None:
     plt.close(fig)
 
 
+def profile_plot(rows: List[dict], path: str) -> bool:
+    """The Beam rows' memory over the job: the runner process and its SDK workers apart, one colour per size.
+    False (nothing written) when no row has a profile."""
+    beams = [r for r in rows if r["part"] == "beam" and r.get("memory_profile")]
+    if not beams:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, r in enumerate(beams):
+        t, own, workers = zip(*r["memory_profile"])
+        colour = f"C{i}"
+        ax.plot(t, own, "-", color=colour, label=f"{r['work']:,} rows: runner process")
+        ax.plot(t, workers, "--", color=colour, label=f"{r['work']:,} rows: SDK worker processes")
+    ax.set_xlabel("seconds since the job started")
+    ax.set_ylabel("resident MiB")
+    ax.set_title("Beam job on the local runner: memory over time")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def included_rows(paths: List[str], parts: List[str]) -> List[dict]:
+    """The rows of earlier runs' JSON files (`--include`), less those of the `parts` measured again."""
+    rows: List[dict] = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            rows += [r for r in json.load(f)["rows"] if r["part"] not in parts]
+    return rows
+
+
 def _ints(text: str) -> List[int]:
     try:
         values = [int(x) for x in text.split(",") if x]
@@ -346,8 +401,11 @@ def main(argv=None) -> int:
     parser.add_argument("--server-requests", type=int, default=480, help="requests per client count, all clients")
     parser.add_argument("--export-dir", default=os.path.join("runs", "demo", "export"))
     parser.add_argument("--plot", help="write the log-log plot to this PNG")
+    parser.add_argument("--profile-plot", help="write the Beam job's memory over time (runner and workers) to this PNG")
     parser.add_argument("--include", nargs="+", default=[], metavar="SCALING_JSON",
-                        help="first, the rows of earlier runs (their WORK/scaling.json), e.g. a part run apart")
+                        help="first, the rows of earlier runs (their WORK/scaling.json, or a committed "
+                             "benchmarks/results/NAME.json), e.g. a part run apart; a part measured in this run "
+                             "replaces their rows of that part")
     parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' table)")
     args = parser.parse_args(argv)
     parts = [p for p in args.parts.split(",") if p]
@@ -356,10 +414,7 @@ def main(argv=None) -> int:
         parser.error(f"--parts: unknown {unknown}; known: {', '.join(PARTS)}")
     logs = os.path.join(args.work, "logs")
     os.makedirs(logs, exist_ok=True)
-    rows: List[dict] = []
-    for path in args.include:
-        with open(path, encoding="utf-8") as f:
-            rows += json.load(f)["rows"]
+    rows = included_rows(args.include, parts)
     try:
         if "beam" in parts:
             rows += beam_part(args, logs)
@@ -380,6 +435,8 @@ def main(argv=None) -> int:
     if args.plot:
         plot(rows, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
+    if args.profile_plot and profile_plot(rows, args.profile_plot):
+        print(f"wrote {args.profile_plot}", file=sys.stderr)
     with open(os.path.join(args.work, "scaling.json"), "w", encoding="utf-8") as f:
         json.dump({"args": vars(args), "cores": os.cpu_count(), "rows": rows}, f, indent=2)
     if args.results:

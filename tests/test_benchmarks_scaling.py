@@ -31,6 +31,24 @@ def test_tree_memory_counts_the_children():
         child.wait()
 
 
+def test_a_profile_keeps_the_process_and_its_children_apart(tmp_path):
+    # A parent holding ~150 MiB whose child holds ~250 MiB: the profile shows each on its own side.
+    code = ("import subprocess, sys, time; b = bytearray(150 << 20); b[::4096] = b'x' * len(b[::4096]); "
+            "c = subprocess.Popen([sys.executable, '-c', \"b = bytearray(250 << 20); b[::4096] = b'x' * len(b[::4096]); "
+            "import time; time.sleep(1.5)\"]); time.sleep(1.5); c.wait()")
+    m = scaling.measure([sys.executable, "-c", code], str(tmp_path / "log"), profile=True)
+    own = max(s[1] for s in m["profile"])
+    children = max(s[2] for s in m["profile"])
+    assert 140 < own < 260 and 240 < children < 330, (own, children)
+    assert m["peak_mib"] >= 380 and len(m["profile"]) <= scaling.PROFILE_POINTS
+    times = [s[0] for s in m["profile"]]
+    assert times == sorted(times) and times[-1] > 1.0
+    assert "profile" not in scaling.measure([sys.executable, "-c", "pass"], str(tmp_path / "log2"))
+    rows = [{"part": "beam", "work": 1000, "memory_profile": m["profile"]}]
+    assert scaling.profile_plot(rows, str(tmp_path / "p.png")) and (tmp_path / "p.png").stat().st_size > 0
+    assert not scaling.profile_plot([{"part": "index", "work": 1}], str(tmp_path / "q.png"))
+
+
 def test_table_compares_each_part_with_its_first_row_and_shows_failures():
     rows = [{"part": "beam", "work": 1000, "unit": "rows", "seconds": 10.0, "rate": 100.0, "rate_unit": "rows/s",
              "peak_mib": 512.0},
@@ -71,3 +89,15 @@ def test_server_row_reads_the_serving_benchmarks_figures():
     assert row["failed"] == 1 and row["seconds"] == 12.5 and row["peak_mib"] == 900.0
     assert row["p99_ms"]["candidates"] > 0 and row["p99_ms"]["scores"] > 0
     assert "8 clients" in scaling.table([row])
+
+
+def test_an_included_part_measured_again_is_replaced(tmp_path):
+    import json
+
+    first = tmp_path / "a.json"
+    first.write_text(json.dumps({"rows": [{"part": "beam", "work": 1}, {"part": "index", "work": 2}]}))
+    second = tmp_path / "b.json"
+    second.write_text(json.dumps({"command": "...", "rows": [{"part": "server", "work": 3}, {"part": "beam", "work": 4}]}))
+    paths = [str(first), str(second)]
+    assert [r["work"] for r in scaling.included_rows(paths, [])] == [1, 2, 3, 4]
+    assert [r["work"] for r in scaling.included_rows(paths, ["beam"])] == [2, 3]  # the beam rows measured anew
