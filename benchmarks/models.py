@@ -8,8 +8,9 @@ Each model is trained by `mdr_keras.training.train` (the code `mdr train` runs),
 then evaluated by `training.evaluate` on `--split`. A model is `name` or `name:key=value[:key=value]`
 to override fields of its model config (ablations and variants, e.g. `adi:dsbn=false`,
 `adi:fusion=sum`, `ranker:chunk_size=10`). Prints one table: a row per model, per-domain and overall
-metrics (Recall@50/@100 for retrieval, AUC and logloss for ranking, with the ADS AUC Imp. against
-`--baseline`), parameters, and training examples/s; writes `results.json` and the same table as
+metrics (Recall@K over each domain's full corpus at `--ks` for retrieval, or with `--sampled` the sampled
+protocol's, the positive among `--sampled-negatives` drawn by `--sampling`; AUC and logloss for ranking, with
+the ADS AUC Imp. against `--baseline`), parameters, and training examples/s; writes `results.json` and the same table as
 Markdown (`results.md`) beside the model folders. With several `--seeds` every model is trained once
 per seed and a cell is the mean +- the sample standard deviation over the seeds.
 """
@@ -45,6 +46,17 @@ def parse_model(text: str):
 def parse_models(text: str):
     """'adi:forward_units=[64,32],star' -> ['adi:forward_units=[64,32]', 'star'] (commas inside [] stay)."""
     return [m for m in re.split(r",(?![^\[]*\])", text) if m]
+
+
+def parse_ks(text: str):
+    """`--ks`: positive cutoffs, e.g. "10,50"."""
+    try:
+        ks = [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise ValueError(f"--ks: comma-separated positive integers. Received: {text!r}")
+    return ks
 
 
 def parse_seeds(text: str):
@@ -90,7 +102,7 @@ def run_one(label, task, data_dir, out_dir, args, strategy, seed=0, seed_suffix=
     folder = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.replace(":", "__")) + (f"_seed{seed}" if seed_suffix else "")
     model_dir = os.path.join(out_dir, folder)
     summary = training.train(data_dir, model_dir, config, strategy=strategy, verbose=0)
-    metrics = training.evaluate(model_dir, data_dir, args.split, ks=(50, 100))
+    metrics = training.evaluate(model_dir, data_dir, args.split, ks=args.ks, **_protocol(args))
     rows = training.split_rows(data_dir, "train") * summary["epochs_run"]
     return {"model": label, "seed": seed, "parameters": summary["parameters"], "epochs": summary["epochs_run"],
             "train_seconds": summary["train_seconds"],
@@ -100,12 +112,28 @@ def run_one(label, task, data_dir, out_dir, args, strategy, seed=0, seed_suffix=
 POPULARITY = "popularity (per domain)"
 
 
+def _protocol(args):
+    """The sampled protocol's settings of a run (files from before they were flags: 100 uniform)."""
+    return {"sampled_negatives": getattr(args, "sampled_negatives", 100),
+            "sampling": getattr(args, "sampling", "uniform")}
+
+
+def recall_columns(results, sampled=False):
+    """The retrieval table's metrics: every cutoff the first row has (`recall@K`, by K), or the sampled
+    protocol's (`sampled_recall@K`)."""
+    prefix = "sampled_recall@" if sampled else "recall@"
+    keys = [k for k in results[0]["metrics"]["overall"] if k.startswith(prefix) and k[len(prefix):].isdigit()]
+    # merged runs of other cutoffs: the cutoffs every row has
+    keys = [k for k in keys if all(k in r["metrics"]["overall"] for r in results)]
+    return sorted(keys, key=lambda k: int(k[len(prefix):]))
+
+
 def popularity_row(args):
     """The row of the per-domain popularity ranking (`evaluation.evaluate_popularity`): the floor of a
     retrieval table."""
     from mdr_keras import evaluation
 
-    metrics = evaluation.evaluate_popularity(args.data, args.split, ks=(50, 100))
+    metrics = evaluation.evaluate_popularity(args.data, args.split, ks=args.ks, **_protocol(args))
     return {"model": POPULARITY, "seed": 0, "parameters": 0, "epochs": 0, "train_seconds": 0.0,
             "examples_per_second": 0.0, "metrics": metrics}
 
@@ -117,9 +145,9 @@ def _cell(values, fmt="{:.4f}"):
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def table(results, task, baseline=None, markdown=False) -> str:
+def table(results, task, baseline=None, markdown=False, sampled=False) -> str:
     """The results as one aligned text table (or a Markdown table), a row per model; the runs of one
-    model over several seeds share a row (mean +- sd)."""
+    model over several seeds share a row (mean +- sd). Retrieval: `recall_columns`."""
     from mdr_keras.evaluation import auc_improvement
 
     by_model = {}
@@ -127,7 +155,7 @@ def table(results, task, baseline=None, markdown=False) -> str:
         by_model.setdefault(r["model"], []).append(r)
     seeds = max(len(runs) for runs in by_model.values())
     domains = list(results[0]["metrics"]["per_domain"]) + ["overall"]
-    cols = ["auc"] if task == "ranking" else ["recall@50", "recall@100"]
+    cols = ["auc"] if task == "ranking" else recall_columns(results, sampled)
     header = ["model"] + [f"{d} {c}" for d in domains for c in cols]
     if task == "ranking":
         header += ["overall logloss"]
@@ -210,10 +238,14 @@ def merge(args, argv) -> int:
                        + (f"weight decay {a['weight_decay']:g}, " if a.get("weight_decay") else "") +
                        f"seed(s) {a['seeds']}" for a in every_args})
     title = f"{task} on {data} ({split} split), {'; '.join(settings)}"
+    if args.sampled:
+        protocols = sorted({"{sampled_negatives} {sampling}".format(**_protocol(argparse.Namespace(**a)))
+                            for a in every_args})
+        title += f"; sampled protocol, negatives per query: {', '.join(protocols)}"
     print(title)
-    print(table(results, task, args.baseline))
+    print(table(results, task, args.baseline, sampled=args.sampled))
     if args.results:
-        path = results_files.save(args.results, f"{title}\n\n{table(results, task, args.baseline, markdown=True)}",
+        path = results_files.save(args.results, f"{title}\n\n{table(results, task, args.baseline, markdown=True, sampled=args.sampled)}",
                                   {"merged": every_args, "results": results}, "benchmarks.models", argv)
         print(f"wrote {path}")
     return 0
@@ -246,10 +278,22 @@ def main(argv=None) -> int:
     parser.add_argument("--validation-split", default="eval")
     parser.add_argument("--split", default="test", help="split the table reports")
     parser.add_argument("--baseline", help="model of the AUC Imp. column (ranking)")
+    parser.add_argument("--ks", default="50,100", help="Recall@K cutoffs (retrieval), comma-separated")
+    parser.add_argument("--sampled", action="store_true",
+                        help="retrieval: tabulate the sampled protocol's recall (as `mdr evaluate` prints it)")
+    parser.add_argument("--sampled-negatives", type=int, default=100, help="negatives per query of the sampled protocol")
+    parser.add_argument("--sampling", choices=("uniform", "unseen", "popularity"), default="uniform",
+                        help="how the sampled protocol draws its negatives (`mdr evaluate --sampling`)")
     parser.add_argument("--cpu-replicas", type=int, default=0)
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
+    try:
+        args.ks = parse_ks(args.ks)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.sampled and args.task == "ranking":
+        parser.error("--sampled: the sampled protocol is retrieval's (ranking reports AUC)")
     if args.merge:
         return merge(args, sys.argv[1:] if argv is None else argv)
     missing = [f"--{n}" for n in ("data", "task", "models") if not getattr(args, n)]
@@ -265,6 +309,9 @@ def main(argv=None) -> int:
     labels = parse_models(args.models)
     try:
         seeds = parse_seeds(args.seeds)
+        from mdr_keras import evaluation
+
+        evaluation.check_sampling(args.sampled_negatives, args.sampling)
         if args.results:
             results_files.check_name(args.results)
         check_models(labels, args.task, args.data, args)
@@ -283,13 +330,15 @@ def main(argv=None) -> int:
     title = (f"{args.task} on {args.data} ({args.split} split), {args.epochs} epoch(s) (patience {args.patience}), "
              f"batch {args.batch_size} x {strategy.num_replicas_in_sync} replica(s), lr {args.learning_rate:g} "
              f"({args.lr_schedule}), " + (f"weight decay {args.weight_decay:g}, " if args.weight_decay else "")
-             + f"seed(s) {args.seeds}")
+             + f"seed(s) {args.seeds}"
+             + (f"; sampled protocol, {args.sampled_negatives} {args.sampling} negatives per query" if args.sampled else ""))
     print(title)
-    print(table(results, args.task, args.baseline))
+    print(table(results, args.task, args.baseline, sampled=args.sampled))
+    markdown = table(results, args.task, args.baseline, markdown=True, sampled=args.sampled)
     with open(os.path.join(args.output, "results.md"), "w") as f:
-        f.write(f"{title}\n\n{table(results, args.task, args.baseline, markdown=True)}\n")
+        f.write(f"{title}\n\n{markdown}\n")
     if args.results:
-        path = results_files.save(args.results, f"{title}\n\n{table(results, args.task, args.baseline, markdown=True)}",
+        path = results_files.save(args.results, f"{title}\n\n{markdown}",
                                   {"args": vars(args), "results": results}, "benchmarks.models",
                                   sys.argv[1:] if argv is None else argv)
         print(f"wrote {path}")

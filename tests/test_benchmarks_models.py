@@ -83,14 +83,36 @@ def test_a_retrieval_table_has_the_popularity_floor(synthetic_data, tmp_path, ca
 
     data_dir, _ = synthetic_data
     out = str(tmp_path / "bench")
+    # The held-out case's protocol: Recall@10 of the positive among 100 sampled negatives (`mdr evaluate`'s).
     code = models.main(["--data", data_dir, "--task", "retrieval", "--models", "dnn-domain", "--epochs", "1",
-                        "--batch-size", "256", "--output", out, "--split", "eval", "--validation-split", ""])
+                        "--batch-size", "256", "--output", out, "--split", "eval", "--validation-split", "",
+                        "--ks", "10,50", "--sampled", "--sampling", "unseen"])
     assert code == 0
     results = json.load(open(os.path.join(out, "results.json")))["results"]
     assert [r["model"] for r in results] == [models.POPULARITY, "dnn-domain"]
-    assert 0 < results[0]["metrics"]["overall"]["recall@50"] < 1
-    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(models.POPULARITY))
+    for r in results:
+        assert r["metrics"]["protocol"] == {"sampled_negatives": 100, "sampling": "unseen"}
+        assert 0 < r["metrics"]["overall"]["recall@50"] < 1 and "recall@100" not in r["metrics"]["overall"]
+    out_lines = capsys.readouterr().out.splitlines()
+    assert "sampled protocol, 100 unseen negatives per query" in out_lines[0]
+    assert out_lines[1].split()[1:5] == ["d0", "sampled_recall@10", "d0", "sampled_recall@50"]
+    row = next(line for line in out_lines if line.startswith(models.POPULARITY))
     assert row.split()[-2:] == ["-", "-"]  # nothing trained: no parameters, no examples/s
+
+
+def test_parse_ks_and_the_recall_columns_follow_the_cutoffs():
+    assert models.parse_ks("100, 10,50") == [100, 10, 50]
+    for bad in ("", "0", "a,10"):
+        with pytest.raises(ValueError, match="--ks"):
+            models.parse_ks(bad)
+    overall = {"recall@100": 0.9, "recall@10": 0.2, "sampled_recall@10": 0.7, "sampled_recall@100": 1.0}
+    results = [{"model": "adi", "seed": 0, "parameters": 1, "examples_per_second": 1.0,
+                "metrics": {"per_domain": {"d0": dict(overall)}, "overall": overall}}]
+    assert models.recall_columns(results) == ["recall@10", "recall@100"]  # by K, not as text
+    assert models.recall_columns(results, sampled=True) == ["sampled_recall@10", "sampled_recall@100"]
+    header = models.table(results, "retrieval", sampled=True).splitlines()[0].split()
+    assert header[:5] == ["model", "d0", "sampled_recall@10", "d0", "sampled_recall@100"]
+    assert "0.7000" in models.table(results, "retrieval", sampled=True).splitlines()[1]
 
 
 def test_merge_builds_one_table_from_earlier_runs(tmp_path, capsys):
