@@ -122,7 +122,11 @@ def _recall(spec, queries, corpus, scorer, ks, sampled_negatives, sampling, trai
             t = target[lo:lo + QUERY_CHUNK]
             pos = np.where(t >= 0, scorer.gathered(q, cand[np.maximum(t, 0)][:, None])[:, 0], np.inf)
             for c0 in range(0, corpus_size, ITEM_CHUNK):  # rank = items scoring above the target, chunk by chunk
-                rank[lo:lo + q.size] += (scorer.full(q, cand[c0:c0 + ITEM_CHUNK]) > pos[:, None]).sum(axis=1)
+                above = scorer.full(q, cand[c0:c0 + ITEM_CHUNK]) > pos[:, None]
+                # never the target itself: its score here and `pos` come from different products (an ulp apart)
+                inside = np.flatnonzero((t >= c0) & (t < c0 + above.shape[1]))
+                above[inside, t[inside] - c0] = False
+                rank[lo:lo + q.size] += above.sum(axis=1)
             # Sampled protocol: S other items of the domain per query, with replacement (the corpus may hold
             # fewer than S); a draw equal to the target (or, for "unseen", clicked by the user in training)
             # is drawn again (up to RESAMPLING_ROUNDS times), then one equal to the target moves to the next item.
