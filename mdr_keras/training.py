@@ -488,10 +488,12 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
 
 
 # Model-config defaults that changed, with the value they had before. A train_config.json written before
-# the model config was saved whole (2026-12-04) names only the fields that were set; the others take the
-# default of the day it was written, or the model would be rebuilt otherwise than it was trained (and
-# `expect_partial` would drop the weights that no longer fit, without a word).
-FORMER_DEFAULTS = {RETRIEVAL_TASK: {"dsbn": True}}
+# the model config was saved whole (2026-12-04) names only the fields that were set, and one written before a
+# field existed lacks it; those take the value of the day it was written, or the model would be rebuilt
+# otherwise than it was trained (and `expect_partial` would drop the weights that no longer fit, without a
+# word). `fused_dropout` (2026-12-04 night) holds no weights: filled in so that the config read back says
+# what the model was trained with.
+FORMER_DEFAULTS = {RETRIEVAL_TASK: {"dsbn": True, "fused_dropout": 0.0}}
 
 
 def saved_config(values: Dict[str, Any]) -> "TrainConfig":

@@ -109,6 +109,8 @@ class ADIBackbone(keras.layers.Layer):
         input_norm: if True, a `DomainBatchNormalization` of the input `x` (per-domain statistics and
             scale / shift, as STAR's partitioned normalization) before the adaptation layer and the
             networks. Default False (the paper normalises hidden layers only).
+        dropout: dropout rate on the fused representation, before the forward network (training only).
+            Default 0.
         bn_momentum: DSBN moving-average momentum in [0, 1]. Default 0.99.
         bn_epsilon: DSBN epsilon (> 0). Default 1e-3.
         activation: activation of the hidden layers. Default `"relu"`.
@@ -143,7 +145,7 @@ class ADIBackbone(keras.layers.Layer):
 
     def __init__(self, num_domains, num_shared=1, shared_units=(64, 32), specific_units=None,
                  forward_units=(64, 32), forward_sharing="specific", fusion="concat", attention="se", attention_placement="per_network",
-                 num_fields=None, attention_reduction=4, dsbn=True, input_norm=False, bn_momentum=0.99,
+                 num_fields=None, attention_reduction=4, dsbn=True, input_norm=False, dropout=0.0, bn_momentum=0.99,
                  bn_epsilon=1e-3, activation="relu", kernel_initializer="glorot_uniform", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
         self.num_domains = check_int("num_domains", num_domains)
@@ -159,6 +161,9 @@ class ADIBackbone(keras.layers.Layer):
         self.attention_reduction = check_int("attention_reduction", attention_reduction)
         self.dsbn = check_bool("dsbn", dsbn)
         self.input_norm = check_bool("input_norm", input_norm)
+        self.dropout = check_real("dropout", dropout, 0, 1, high_open=True)
+        self._dropout = (keras.layers.Dropout(self.dropout, name="fused_dropout", dtype=self.dtype_policy)
+                         if self.dropout else None)
         self.bn_momentum = check_real("bn_momentum", bn_momentum, 0, 1)
         self.bn_epsilon = check_real("bn_epsilon", bn_epsilon, 0, low_open=True)
         self.activation = check_activation("activation", activation)
@@ -388,7 +393,8 @@ class ADIBackbone(keras.layers.Layer):
             e_shared = self._shared(x_shared, emb, index, training)
             e_spec = self._specific(x_spec, index, training)
             fused = self._fuse(e_spec, e_shared, emb, index)
-        h = fused  # eq. 18: domain-specific forward network, last layer linear
+        h = fused if self._dropout is None else self._dropout(fused, training=training)
+        # eq. 18: domain-specific forward network, last layer linear
         last = len(self.forward_units) - 1
         for i in range(len(self.forward_units)):
             if self.forward_sharing == "star":
@@ -437,6 +443,7 @@ class ADIBackbone(keras.layers.Layer):
             "attention_reduction": self.attention_reduction,
             "dsbn": self.dsbn,
             "input_norm": self.input_norm,
+            "dropout": self.dropout,
             "bn_momentum": self.bn_momentum,
             "bn_epsilon": self.bn_epsilon,
             "activation": keras.activations.serialize(self.activation),

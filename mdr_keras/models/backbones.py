@@ -37,7 +37,7 @@ def make_backbone(model: str, num_domains: int, config, output_units: Optional[i
         config: a `RetrievalConfig` or `RankerConfig`; the backbone reads the fields of its own:
             `dnn_units` (dnn); `num_shared`, `shared_units`, `specific_units`, `fusion`, `dsbn`,
             `input_norm`, `bn_momentum`, `attention`, `attention_placement`, `forward_units`,
-            `forward_sharing` (adi, retrieval only); `bottom_units`, `tower_units` (shared-bottom); `stitch_units` (cross-stitch);
+            `forward_sharing`, `fused_dropout` (adi, retrieval only); `bottom_units`, `tower_units` (shared-bottom); `stitch_units` (cross-stitch);
             `num_experts`, `expert_units`, `tower_units` (mmoe, ple); `star_units`, `star_aux_units`,
             `star_partitioned_norm`, `bn_momentum` (star); and `dropout` (all but adi).
         output_units: the width of the output: replaces the last width of the backbone's last
@@ -61,7 +61,7 @@ def make_backbone(model: str, num_domains: int, config, output_units: Optional[i
         return ADIBackbone(num_domains, num_shared=c.num_shared, shared_units=list(c.shared_units),
                            specific_units=list(c.specific_units), forward_units=_widths(c.forward_units, output_units),
                            forward_sharing=c.forward_sharing,
-                           fusion=c.fusion, dsbn=c.dsbn, input_norm=c.input_norm,
+                           fusion=c.fusion, dsbn=c.dsbn, input_norm=c.input_norm, dropout=c.fused_dropout,
                            bn_momentum=c.bn_momentum, attention=c.attention,
                            attention_placement=c.attention_placement, num_fields=num_fields, name=name)
     common = dict(dropout=c.dropout, output_activation=output_activation, name=name)

@@ -100,6 +100,10 @@ def test_a_config_saved_before_the_whole_model_config_takes_the_defaults_of_its_
     ranker = training.saved_config({"model": "ranker", "task": "ranking", "model_config": {}})
     assert ranker.model_config == {}  # the ranker's defaults did not change
     assert training.TrainConfig(model="adi").model_settings().dsbn is False  # today's default
+    # A field added since: absent from every older file, it takes its value from before it existed.
+    whole = training.saved_config({"model": "adi", "task": "retrieval", "model_config": {"dsbn": False}})
+    assert whole.model_settings().fused_dropout == 0.0
+    assert training.TrainConfig(model="adi").model_settings().fused_dropout == 0.3
 
 
 def test_load_model_errors_are_clear(tmp_path):

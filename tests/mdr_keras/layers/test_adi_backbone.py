@@ -155,6 +155,26 @@ def test_input_norm_normalises_each_domains_rows_by_their_own_statistics():
                                plain.domain_attention_weights([x / np.sqrt(1 + EPS), domain, emb])["dial"], rtol=1e-5)
 
 
+def test_dropout_drops_fused_units_in_training_only():
+    kwargs = dict(shared_units=[8], forward_units=[1], fusion="concat", attention=None, dsbn=False)
+    dropped = ADIBackbone(2, dropout=0.5, **kwargs)
+    plain = ADIBackbone(2, **kwargs)
+    x, domain, emb = inputs_for(64, 4, 3, 2)
+    dropped([x, domain, emb])
+    plain([x, domain, emb])
+    plain.set_weights(dropped.get_weights())  # dropout has no weights: the same layer without it
+    np.testing.assert_allclose(dropped([x, domain, emb]), plain([x, domain, emb]), rtol=1e-6)
+    # The forward layer is linear: with the forward kernel set to ones, each row's output is the sum of its
+    # 24 fused units (3 x 8, concat), and in training each kept unit counts twice (1 / (1 - 0.5)).
+    for layer in (dropped, plain):
+        layer.forward_kernels[0].assign(np.ones_like(layer.forward_kernels[0].numpy()))
+    fused_sum = plain([x, domain, emb]).numpy()
+    tf.random.set_seed(0)
+    trained = dropped([x, domain, emb], training=True).numpy()
+    assert not np.allclose(trained, fused_sum)  # some units dropped
+    assert abs(trained.mean() / fused_sum.mean() - 1) < 0.3  # the kept units rescaled: the mean holds
+
+
 def test_star_specific_factors_start_at_the_shared_network():
     layer = ADIBackbone(3, shared_units=[4, 2], forward_units=[2], fusion="star", attention=None)
     layer(list(inputs_for(3, 5, 2, 3)))
@@ -373,7 +393,7 @@ def test_shapes(fusion, attention, placement, dsbn, num_domains, batch):
 @pytest.mark.parametrize("fusion,placement", [("concat", "per_expert"), ("sum", "global"), ("star", "per_network")])
 def test_mixed_precision(fusion, placement):
     layer = ADIBackbone(3, shared_units=[4], forward_units=[3, 2], fusion=fusion, attention_placement=placement,
-                        num_fields=2, dtype="mixed_float16")
+                        num_fields=2, dropout=0.3, dtype="mixed_float16")
     x, domain, emb = inputs_for(5, 6, 2, 3)
     for training in (True, False):
         out = layer([x, domain, emb], training=training)
@@ -415,7 +435,7 @@ def test_trains_in_a_compiled_step():
      "activation": "tanh", "kernel_initializer": "he_normal", "kernel_regularizer": keras.regularizers.L2(1e-4)},
     {"num_domains": 2, "attention": "attention", "attention_placement": "global", "num_fields": 2,
      "attention_reduction": 2},
-    {"num_domains": 3, "forward_sharing": "star", "input_norm": True},
+    {"num_domains": 3, "forward_sharing": "star", "input_norm": True, "dropout": 0.3},
 ])
 def test_config_round_trip(kwargs):
     layer = ADIBackbone(**kwargs)
@@ -471,6 +491,8 @@ def test_save_reload_same_predictions_in_fresh_process(tmp_path):
     {"num_domains": 2, "attention_reduction": 0},
     {"num_domains": 2, "dsbn": 1},
     {"num_domains": 2, "input_norm": "yes"},
+    {"num_domains": 2, "dropout": 1.0},
+    {"num_domains": 2, "dropout": -0.1},
     {"num_domains": 2, "forward_sharing": "shared"},
     {"num_domains": 2, "bn_momentum": 1.5},
     {"num_domains": 2, "bn_epsilon": 0.0},

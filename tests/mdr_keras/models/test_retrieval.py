@@ -105,7 +105,8 @@ def test_adi_beats_the_domain_blind_dnn_on_a_planted_id_only_world(tmp_path):
     # would have sd sqrt(0.0067^2 + 0.0069^2) / sqrt(2) = 0.0068: it exceeds 0.02 by chance with p < 0.002
     # (2.9 sd); the measured gap 0.048 lies 4 such sd above 0.02.
     # Those seeds ran ADI with DSBN (the default then); without it (the default since) seeds 0 and 1 give
-    # per-domain gaps 0.037-0.055, the same.
+    # per-domain gaps 0.037-0.055, the same; with the fused dropout 0.3 (the default since 2026-12-04 night)
+    # 0.061 / 0.068 / 0.083, wider.
     assert (gap > 0).all(), (adi, dnn, noise)
     assert gap.mean() > 0.02, (gap, adi, dnn)
 
@@ -143,3 +144,16 @@ def test_item_backbone_replaces_only_the_item_towers_backbone(synthetic_data):
         RetrievalConfig(item_backbone="transformer")
     with pytest.raises(ValueError, match="domain-blind"):
         build_retrieval_model(spec, "dnn", RetrievalConfig(item_backbone="adi"))
+
+
+def test_adis_dropout_is_fused_dropout_and_reaches_both_backbones(synthetic_data):
+    out, _ = synthetic_data
+    spec = fs.FeatureSpec.load(out)
+    model = build_retrieval_model(spec, "adi", RetrievalConfig())
+    assert model.user_tower.backbone.dropout == model.item_tower.backbone.dropout == 0.3  # the default
+    assert build_retrieval_model(spec, "adi", RetrievalConfig(fused_dropout=0)).user_tower.backbone.dropout == 0
+    # The baselines' `dropout` would do nothing to ADI: refused, naming the field that does.
+    with pytest.raises(ValueError, match="fused_dropout"):
+        build_retrieval_model(spec, "adi", RetrievalConfig(dropout=0.2))
+    with pytest.raises(ValueError, match="fused_dropout"):
+        RetrievalConfig(fused_dropout=1.0)
