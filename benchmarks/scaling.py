@@ -117,7 +117,8 @@ def measure(argv: List[str], log: str, timeout: float = 7200.0, profile: bool = 
     result = {"seconds": seconds, "peak_mib": peak / 1024}
     if profile:
         step = max(1, -(-len(samples) // PROFILE_POINTS))
-        result["profile"] = samples[::step]
+        # the largest sample of each window, so that a short peak stays in the profile
+        result["profile"] = [max(samples[i:i + step], key=lambda s: s[1] + s[2]) for i in range(0, len(samples), step)]
     return result
 
 
