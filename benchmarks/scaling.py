@@ -36,7 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from benchmarks.stage_memory import proc_status_kib
 
@@ -75,12 +75,19 @@ def _rss_kib(pid: int) -> int:
 
 def tree_rss_kib(pid: int) -> int:
     """The summed resident set (KiB) of `pid` and all its descendants now."""
-    tree, total, todo = _children(), 0, [pid]
+    return _own_and_tree_rss_kib(pid)[1]
+
+
+def _own_and_tree_rss_kib(pid: int) -> Tuple[int, int]:
+    """(resident KiB of `pid` alone, of `pid` and all its descendants), from one pass over /proc."""
+    tree, own, total, todo = _children(), 0, 0, [pid]
     while todo:
         p = todo.pop()
-        total += _rss_kib(p)
+        rss = _rss_kib(p)
+        own = rss if p == pid else own
+        total += rss
         todo += tree.get(p, [])
-    return total
+    return own, total
 
 
 PROFILE_POINTS = 300  # samples kept of a memory profile (evenly spaced in time)
@@ -99,12 +106,11 @@ def measure(argv: List[str], log: str, timeout: float = 7200.0, profile: bool = 
     with open(log, "w") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
         while process.poll() is None:
-            tree = tree_rss_kib(process.pid)
+            own, tree = _own_and_tree_rss_kib(process.pid)
             peak = max(peak, tree)
-            if profile:
-                own = _rss_kib(process.pid)
+            if profile:  # both from the same pass: the descendants are the difference
                 samples.append([round(time.perf_counter() - start, 2), round(own / 1024, 1),
-                                round(max(tree - own, 0) / 1024, 1)])
+                                round((tree - own) / 1024, 1)])
             if time.perf_counter() - start > timeout:
                 process.kill()
             time.sleep(SAMPLE_SECONDS)

@@ -132,6 +132,16 @@ def test_arguments_and_batchable_signatures():
     assert not batchable({"x": any_rows}, {"y": TensorSignature(tf.float32, ())})
 
 
+def predict_affine(address, x):
+    """One Predict of the `affine` model over gRPC with the stock stub: its outputs as arrays."""
+    with grpc.insecure_channel(address) as channel:
+        req = predict_pb2.PredictRequest()
+        req.model_spec.name = "affine"
+        req.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30)
+        return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+
+
 @pytest.fixture(scope="module")
 def affine_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("batching")
@@ -148,12 +158,7 @@ def test_the_server_merges_concurrent_predicts_and_answers_each_as_alone(affine_
     inputs = [np.array([[float(i)], [i + 0.5]], np.float32) for i in range(16)]
 
     def ask(server, x):
-        with grpc.insecure_channel(server.address) as channel:
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "affine"
-            req.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
-            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30)
-            return {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        return predict_affine(server.address, x)
 
     answers = {}
     for enable in (False, True):
@@ -177,15 +182,10 @@ def test_a_bad_request_among_batched_ones_gets_its_own_error_and_the_others_thei
     bad = [np.array([[1], [2]], np.int64), np.zeros((2, 3), np.float32)]
 
     def ask(server, x):
-        with grpc.insecure_channel(server.address) as channel:
-            req = predict_pb2.PredictRequest()
-            req.model_spec.name = "affine"
-            req.inputs["x"].CopyFrom(tf.make_tensor_proto(x))
-            try:
-                response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(req, timeout=30)
-            except grpc.RpcError as e:
-                return e.code(), e.details()
-            return tf.make_ndarray(response.outputs["y"])
+        try:
+            return predict_affine(server.address, x)["y"]
+        except grpc.RpcError as e:
+            return e.code(), e.details()
 
     with ModelServer(models_config, port=0, max_workers=16, poll_interval=0, enable_batching=True,
                      batching_parameters_file=batching) as server:
