@@ -78,6 +78,23 @@ def backbone_inputs(batch, features, emb_dim, num_domains, seed=0):
     return [x, domain, emb]
 
 
+def assert_backbone_rejects_bad_inputs(make):
+    """The input checks every backbone shares: `make()` builds a fresh 2-domain backbone.
+
+    A missing domain embedding or an `x` that is not [B, F] is a one-line ValueError before any
+    weight is made; a domain id out of range fails in the lookup, not silently."""
+    import pytest
+    import tensorflow as tf
+
+    x, domain, emb = backbone_inputs(2, 4, 2, 2)
+    with pytest.raises(ValueError, match="Received:"):  # the domain embedding is missing
+        make()([x, domain])
+    with pytest.raises(ValueError, match="Received:"):  # x must be [B, F]
+        make()([x[:, :, None], domain, emb])
+    with pytest.raises(tf.errors.InvalidArgumentError):  # domain 2 of 2
+        make()([x, np.array([0, 2]), emb])
+
+
 def set_weights_by_name(layer, values):
     """`layer.set_weights` with the values given by short weight name (`.../name:0` -> `name`)."""
     names = [w.name.split("/")[-1].split(":")[0] for w in layer.weights]

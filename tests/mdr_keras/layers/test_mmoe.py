@@ -118,10 +118,4 @@ def test_bad_arguments(kwargs):
 
 
 def test_bad_inputs():
-    x, domain, emb = layer_checks.backbone_inputs(2, 4, 2, 2)
-    with pytest.raises(ValueError, match="Received:"):
-        MMoEBackbone(2)([x, domain])
-    with pytest.raises(ValueError, match="Received:"):
-        MMoEBackbone(2)([x[:, :, None], domain, emb])
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        MMoEBackbone(2)([x, np.array([0, 2]), emb])
+    layer_checks.assert_backbone_rejects_bad_inputs(lambda: MMoEBackbone(2))
