@@ -118,6 +118,25 @@ def _protocol(args):
             "sampling": getattr(args, "sampling", "uniform")}
 
 
+def table_title(every_args, sampled=False) -> str:
+    """The line above a table: data set, split and each distinct training setting of the runs in it (the
+    same words for one run and for a merge of many, so a table reads alike however it was made)."""
+    a = every_args[0]
+    # (files from before the schedule or patience existed trained at a constant rate, without stopping)
+    settings = sorted({f"{a['epochs']} epoch(s)" + (f" (patience {a['patience']})" if a.get("patience") else "")
+                       + f", batch {a['batch_size']}"
+                       + (f" x {a['cpu_replicas']} replica(s)" if (a.get("cpu_replicas") or 0) > 1 else "")
+                       + f", lr {a['learning_rate']:g} ({a.get('lr_schedule') or 'constant'}), "
+                       + (f"weight decay {a['weight_decay']:g}, " if a.get("weight_decay") else "")
+                       + f"seed(s) {a['seeds']}" for a in every_args})
+    title = f"{a['task']} on {a['data']} ({a['split']} split), {'; '.join(settings)}"
+    if sampled:
+        protocols = sorted({"{sampled_negatives} {sampling}".format(**_protocol(argparse.Namespace(**a)))
+                            for a in every_args})
+        title += f"; sampled protocol, negatives per query: {', '.join(protocols)}"
+    return title
+
+
 def recall_columns(results, sampled=False):
     """The retrieval table's metrics: every cutoff the first row has (`recall@K`, by K), or the sampled
     protocol's (`sampled_recall@K`)."""
@@ -209,7 +228,7 @@ def merge(args, argv) -> int:
         print(f"benchmarks.models: error: --merge needs runs of one data set, task and split. Received: {sorted(keys)}",
               file=sys.stderr)
         return 2
-    data, task, split = keys.pop()
+    task = keys.pop()[1]
     def scoped(text):  # "N:NAME" -> (N, NAME), the N-th --merge file only; "NAME" -> (None, NAME), every file
         number, colon, name = text.partition(":")
         return (int(number), name) if colon and number.isdigit() else (None, text)
@@ -232,16 +251,7 @@ def merge(args, argv) -> int:
                     continue
                 seen_popularity = True
             results.append(r)
-    # (files from before the schedule existed trained at a constant rate)
-    settings = sorted({f"{a['epochs']} epoch(s), batch {a['batch_size']}, "
-                       f"lr {a['learning_rate']} ({a.get('lr_schedule') or 'constant'}), "
-                       + (f"weight decay {a['weight_decay']:g}, " if a.get("weight_decay") else "") +
-                       f"seed(s) {a['seeds']}" for a in every_args})
-    title = f"{task} on {data} ({split} split), {'; '.join(settings)}"
-    if args.sampled:
-        protocols = sorted({"{sampled_negatives} {sampling}".format(**_protocol(argparse.Namespace(**a)))
-                            for a in every_args})
-        title += f"; sampled protocol, negatives per query: {', '.join(protocols)}"
+    title = table_title(every_args, args.sampled)
     print(title)
     print(table(results, task, args.baseline, sampled=args.sampled))
     if args.results:
@@ -327,11 +337,7 @@ def main(argv=None) -> int:
             print(f"done {label} seed {seed}: {results[-1]['train_seconds']:.0f} s", file=sys.stderr, flush=True)
             with open(os.path.join(args.output, "results.json"), "w") as f:
                 json.dump({"args": vars(args), "results": results}, f, indent=2)
-    title = (f"{args.task} on {args.data} ({args.split} split), {args.epochs} epoch(s) (patience {args.patience}), "
-             f"batch {args.batch_size} x {strategy.num_replicas_in_sync} replica(s), lr {args.learning_rate:g} "
-             f"({args.lr_schedule}), " + (f"weight decay {args.weight_decay:g}, " if args.weight_decay else "")
-             + f"seed(s) {args.seeds}"
-             + (f"; sampled protocol, {args.sampled_negatives} {args.sampling} negatives per query" if args.sampled else ""))
+    title = table_title([vars(args)], args.sampled)
     print(title)
     print(table(results, args.task, args.baseline, sampled=args.sampled))
     markdown = table(results, args.task, args.baseline, markdown=True, sampled=args.sampled)

@@ -94,7 +94,7 @@ def test_a_retrieval_table_has_the_popularity_floor(synthetic_data, tmp_path, ca
         assert r["metrics"]["protocol"] == {"sampled_negatives": 100, "sampling": "unseen"}
         assert 0 < r["metrics"]["overall"]["recall@50"] < 1 and "recall@100" not in r["metrics"]["overall"]
     out_lines = capsys.readouterr().out.splitlines()
-    assert "sampled protocol, 100 unseen negatives per query" in out_lines[0]
+    assert "sampled protocol, negatives per query: 100 unseen" in out_lines[0]
     assert out_lines[1].split()[1:5] == ["d0", "sampled_recall@10", "d0", "sampled_recall@50"]
     row = next(line for line in out_lines if line.startswith(models.POPULARITY))
     assert row.split()[-2:] == ["-", "-"]  # nothing trained: no parameters, no examples/s
@@ -181,3 +181,20 @@ def test_merge_grows_a_committed_table(tmp_path, monkeypatch, capsys):
     bad.write_text(json.dumps({"rows": []}))
     assert models.main(["--merge", str(bad)]) == 1
     assert "not a results.json" in capsys.readouterr().err
+
+
+def test_a_run_and_its_merge_have_one_title():
+    # One function words both, so a table reads alike whether a run wrote it or a merge of runs did.
+    args = {"data": "/d", "task": "retrieval", "split": "test", "epochs": 5, "batch_size": 512, "patience": 2,
+            "learning_rate": 0.001, "lr_schedule": "auto", "seeds": "0,1", "weight_decay": 0.0, "cpu_replicas": 0,
+            "sampled_negatives": 50, "sampling": "unseen"}
+    title = models.table_title([args], sampled=True)
+    assert title == ("retrieval on /d (test split), 5 epoch(s) (patience 2), batch 512, lr 0.001 (auto), "
+                     "seed(s) 0,1; sampled protocol, negatives per query: 50 unseen")
+    # a file from before patience, replicas and the sampling flags: no patience, 100 uniform, constant rate
+    old = {k: v for k, v in args.items() if k not in ("patience", "cpu_replicas", "sampled_negatives", "sampling",
+                                                     "lr_schedule")}
+    assert models.table_title([args, {**old, "seeds": "2", "cpu_replicas": 2}], sampled=True).endswith(
+        "5 epoch(s) (patience 2), batch 512, lr 0.001 (auto), seed(s) 0,1; "
+        "5 epoch(s), batch 512 x 2 replica(s), lr 0.001 (constant), seed(s) 2; "
+        "sampled protocol, negatives per query: 100 uniform, 50 unseen")
