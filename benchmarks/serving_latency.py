@@ -392,13 +392,13 @@ def breakdown(server, client, store, export_dir, args):
     its own over the same queries, then the sum of the pieces, the whole call, the in-process call and
     an empty RPC."""
     import numpy as np
-    import tensorflow as tf
 
     from serving import config as cfg
     from serving.client import _conform
     from serving.request_checks import check_inputs
+    from serving.server import call_signature, predict_response
     from serving.servables import load_servable
-    from serving.tensors import tensor_proto, to_ndarray
+    from serving.tensors import to_ndarray
     from tensorflow_serving.apis import predict_pb2
 
     work = queries(store, args.requests, args.items)
@@ -431,17 +431,6 @@ def breakdown(server, client, store, export_dir, args):
             return client.predict_request(model, {n: _conform(columns[n], dtype, shape)
                                                   for n, (dtype, shape) in info.items()}, signature=key)
 
-        def model_call(arrays):
-            outputs = signature.function(**{k: tf.convert_to_tensor(a, dtype=signature.inputs[k].dtype)
-                                            for k, a in arrays.items()})
-            return {k: v.numpy() for k, v in outputs.items()}
-
-        def response_tensors(outputs):
-            response = predict_pb2.PredictResponse()
-            for name, value in outputs.items():
-                response.outputs[name].CopyFrom(tensor_proto(value))
-            return response
-
         def response_bytes(response):
             parsed = predict_pb2.PredictResponse.FromString(response.SerializeToString())
             return {k: to_ndarray(v) for k, v in parsed.outputs.items()}
@@ -452,8 +441,8 @@ def breakdown(server, client, store, export_dir, args):
             request = timed(PIECES[1], request_tensors, columns)
             parsed = timed(PIECES[2], lambda r: predict_pb2.PredictRequest.FromString(r.SerializeToString()), request)
             arrays = timed(PIECES[3], check_inputs, servable, signature, parsed.inputs)
-            outputs = timed(PIECES[4], model_call, arrays)
-            response = timed(PIECES[5], response_tensors, outputs)
+            outputs = timed(PIECES[4], call_signature, signature, arrays)  # the server's own pieces
+            response = timed(PIECES[5], predict_response, servable, key, outputs, sorted(outputs))
             timed(PIECES[6], response_bytes, response)
             timed("whole gRPC call", grpc_call, domain, user, items)
             timed("in-process call", lambda: in_process_call(  # the lookup included, as in the whole call

@@ -362,11 +362,9 @@ class ModelServer:
         _check_deadline(context, "before the model ran")
 
         def run(inputs, names=tuple(signature.outputs)):  # a merged batch needs every output, one request `wanted`
-            tensors = {k: tf.convert_to_tensor(a, dtype=signature.inputs[k].dtype) for k, a in inputs.items()}
             self._count("model_runs")
             try:
-                outputs = signature.function(**tensors)
-                return {name: outputs[name].numpy() for name in names}
+                return call_signature(signature, inputs, names)
             except tf.errors.OpError as e:
                 code = _GRPC_CODES.get(e.error_code, grpc.StatusCode.INTERNAL)
                 if code == grpc.StatusCode.OK:
@@ -381,13 +379,7 @@ class ModelServer:
             outputs = self._batcher.run((servable.name, servable.version, key), run, arrays, deadline, where)
         else:
             outputs = run(arrays, wanted)
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = servable.name
-        response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = key
-        for name in wanted:
-            response.outputs[name].CopyFrom(tensor_proto(outputs[name]))
-        return response
+        return predict_response(servable, key, outputs, wanted)
 
     def _get_model_metadata(self, request, context):
         fields = list(request.metadata_field)
@@ -430,6 +422,26 @@ class ModelServer:
             entry.status.error_code = code
             entry.status.error_message = message
         return response
+
+
+def call_signature(signature, inputs, names=None):
+    """One run of a signature's function: numpy `inputs`, converted to its input dtypes; numpy outputs
+    `names` (default: all). What a Predict call's model work is, in the server and in the benchmark
+    that times the call's pieces (`benchmarks.serving_latency --mode breakdown`)."""
+    tensors = {k: tf.convert_to_tensor(a, dtype=signature.inputs[k].dtype) for k, a in inputs.items()}
+    outputs = signature.function(**tensors)
+    return {name: outputs[name].numpy() for name in (signature.outputs if names is None else names)}
+
+
+def predict_response(servable, key, outputs, wanted):
+    """The PredictResponse of signature `key` of `servable`: numpy `outputs`, those `wanted`."""
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    response.model_spec.signature_name = key
+    for name in wanted:
+        response.outputs[name].CopyFrom(tensor_proto(outputs[name]))
+    return response
 
 
 def _bracketed(host: str) -> str:

@@ -229,7 +229,7 @@ def test_serving_breakdown_cuts_each_call_into_pieces_that_it_contains(tiny_expo
     export_dir, data_dir = tiny_export
     out = tmp_path / "breakdown.json"
     assert serving_latency.main(["--export-dir", export_dir, "--store", data_dir, "--mode", "breakdown",
-                                 "--requests", "4", "--warmup", "1", "--items", "5", "--json", str(out)]) == 0
+                                 "--requests", "8", "--warmup", "2", "--items", "5", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["breakdown"]
     calls = sorted({r["call"] for r in rows})
     assert [c.split(" (")[0] for c in calls] == ["candidates", "scores", "scores, user sent once"]
