@@ -278,7 +278,7 @@ def main(argv=None) -> int:
                              "N:OLD=>NEW renames in the N-th --merge file only (from 1); repeatable")
     parser.add_argument("--output", default="runs/bench", help="folder for the model folders and results.json")
     # Training flags default to `mdr train`'s recipe (TrainConfig's defaults): the tables use what users get.
-    parser.add_argument("--epochs", type=int, help="default: TrainConfig's (5)")
+    parser.add_argument("--epochs", type=int, help="default: TrainConfig's for the task (training.DEFAULT_EPOCHS)")
     parser.add_argument("--batch-size", type=int, help="default: TrainConfig's (512)")
     parser.add_argument("--learning-rate", type=float, help="default: TrainConfig's (1e-3)")
     parser.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"), help="default: TrainConfig's (auto)")
@@ -313,9 +313,11 @@ def main(argv=None) -> int:
     from mdr_keras import training
 
     recipe = training.TrainConfig()
-    for name in ("epochs", "batch_size", "learning_rate", "lr_schedule", "weight_decay", "patience"):
+    for name in ("batch_size", "learning_rate", "lr_schedule", "weight_decay", "patience"):
         if getattr(args, name) is None:
             setattr(args, name, getattr(recipe, name))
+    if args.epochs is None:
+        args.epochs = training.DEFAULT_EPOCHS[args.task]
     labels = parse_models(args.models)
     try:
         seeds = parse_seeds(args.seeds)

@@ -340,7 +340,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 # `mdr train`'s flags default to the --config file's value, else to TrainConfig's (mdr_keras.training, which
 # imports TensorFlow: not loaded for --help; tests/mdr/test_cli.py checks these equal TrainConfig's).
-TRAIN_DEFAULTS = {"model": "adi", "epochs": 5, "batch_size": 512, "learning_rate": 1e-3, "lr_schedule": "auto",
+TRAIN_DEFAULTS = {"model": "adi", "epochs": None, "batch_size": 512, "learning_rate": 1e-3, "lr_schedule": "auto",
                   "weight_decay": 0.0, "seed": 0, "patience": 2,
                   "validation_split": "auto"}
 
@@ -397,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="JSON file of TrainConfig fields (flags override it)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one model_config field (JSON value), e.g. --set dsbn=false; repeatable")
-    t.add_argument("--epochs", type=_at_least(1), help=f"maximum epochs (default {TRAIN_DEFAULTS['epochs']})")
+    t.add_argument("--epochs", type=_at_least(1),
+                   help="maximum epochs (default: 5 for ranking models, the cosine's length; 20 for retrieval, "
+                        "which early stopping usually ends sooner)")
     t.add_argument("--batch-size", type=_at_least(1),
                    help=f"rows per replica per step (default {TRAIN_DEFAULTS['batch_size']})")
     t.add_argument("--learning-rate", type=_positive, help=f"Adam learning rate (default {TRAIN_DEFAULTS['learning_rate']})")

@@ -121,7 +121,7 @@ def test_every_flag_has_help_and_shows_its_default(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "maximum epochs (default 5)" in text and "(default: 1 on a terminal, else 2)" in text
+    assert "maximum epochs (default: 5 for ranking models, the cosine's length; 20 for retrieval" in text and "(default: 1 on a terminal, else 2)" in text
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])
     assert "(default: 8500)" in capsys.readouterr().out

@@ -55,6 +55,17 @@ def test_config_file_round_trip_and_unknown_keys(tmp_path):
         training.TrainConfig.from_file(str(path))
 
 
+def test_the_default_epochs_follow_the_task():
+    # Ranking: the cosine's 5 epochs; retrieval: up to 20, early stopping ends it; a given number is kept.
+    assert training.TrainConfig(model="ranker").epochs == 5
+    assert training.TrainConfig(model="dnn", task="ranking").epochs == 5
+    assert training.TrainConfig(model="adi").epochs == 20
+    assert training.TrainConfig(model="dnn", task="retrieval").epochs == 20
+    assert training.TrainConfig(model="adi", epochs=3).epochs == 3
+    # a model folder records the number it ran with, so a later default cannot change what it says
+    assert training.TrainConfig(**training.TrainConfig(model="adi").to_json()).epochs == 20
+
+
 def test_the_learning_rate_schedule_by_task_and_its_course(synthetic_data):
     # "auto": cosine for ranking, constant for retrieval; the cosine reaches 0 at the last step.
     assert training.TrainConfig(model="ranker").schedule() == "cosine"
