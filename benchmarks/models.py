@@ -121,11 +121,14 @@ def _protocol(args):
 def table_title(every_args, sampled=False) -> str:
     """The line above a table: data set, split and each distinct training setting of the runs in it (the
     same words for one run and for a merge of many, so a table reads alike however it was made)."""
+    def replicas(a):  # the strategy's count a run recorded (GPUs or CPU replicas); older files: --cpu-replicas
+        return a.get("replicas") or a.get("cpu_replicas") or 1
+
     a = every_args[0]
     # (files from before the schedule or patience existed trained at a constant rate, without stopping)
     settings = sorted({f"{a['epochs']} epoch(s)" + (f" (patience {a['patience']})" if a.get("patience") else "")
                        + f", batch {a['batch_size']}"
-                       + (f" x {a['cpu_replicas']} replica(s)" if (a.get("cpu_replicas") or 0) > 1 else "")
+                       + (f" x {replicas(a)} replica(s)" if replicas(a) > 1 else "")
                        + f", lr {a['learning_rate']:g} ({a.get('lr_schedule') or 'constant'}), "
                        + (f"weight decay {a['weight_decay']:g}, " if a.get("weight_decay") else "")
                        + f"seed(s) {a['seeds']}" for a in every_args})
@@ -331,6 +334,7 @@ def main(argv=None) -> int:
         print(f"benchmarks.models: error: {e}", file=sys.stderr)
         return 2
     strategy = training.make_strategy(cpu_replicas=args.cpu_replicas)
+    args.replicas = strategy.num_replicas_in_sync  # recorded with the results: the title names it
     os.makedirs(args.output, exist_ok=True)
     results = [popularity_row(args)] if args.task == "retrieval" else []
     for seed in seeds:  # every model once per seed before the next seed: a cut run still compares all

@@ -343,6 +343,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 TRAIN_DEFAULTS = {"model": "adi", "epochs": None, "batch_size": 512, "learning_rate": 1e-3, "lr_schedule": "auto",
                   "weight_decay": 0.0, "seed": 0, "patience": 2,
                   "validation_split": "auto"}
+TRAIN_DEFAULT_EPOCHS = {"ranking": 5, "retrieval": 20}  # training.DEFAULT_EPOCHS, by task (--epochs unset)
 
 
 def _add_client_arguments(p):
@@ -398,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override one model_config field (JSON value), e.g. --set dsbn=false; repeatable")
     t.add_argument("--epochs", type=_at_least(1),
-                   help="maximum epochs (default: 5 for ranking models, the cosine's length; 20 for retrieval, "
-                        "which early stopping usually ends sooner)")
+                   help=f"maximum epochs (default: {TRAIN_DEFAULT_EPOCHS['ranking']} for ranking models, the cosine's "
+                        f"length; {TRAIN_DEFAULT_EPOCHS['retrieval']} for retrieval, where early stopping ends training "
+                        "sooner once validation recall stops rising)")
     t.add_argument("--batch-size", type=_at_least(1),
                    help=f"rows per replica per step (default {TRAIN_DEFAULTS['batch_size']})")
     t.add_argument("--learning-rate", type=_positive, help=f"Adam learning rate (default {TRAIN_DEFAULTS['learning_rate']})")

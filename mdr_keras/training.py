@@ -60,9 +60,11 @@ class TrainConfig:
         epochs: maximum number of epochs. Default (None): 5 for ranking models, 20 for retrieval models
             (`DEFAULT_EPOCHS`), resolved by the task. Retrieval stops early when its validation recall
             stops rising, which on MovieLens-1M takes long: at a constant 1e-3 ADI's validation Recall@50
-            was 0.3552 after 5 epochs (the cap before) and still rising after 20 (0.3947), and its test
-            Recall@50 / @100 0.4002 / 0.5521 after 20 epochs against 0.3567 / 0.5070 after 5 (seed 0;
-            3 seeds; docs/results.md, "By `mdr train`'s own recipe").
+            was 0.3552 after 5 epochs (the cap before) and still rising after 20 (0.3947), its test
+            Recall@50 / @100 0.4002 / 0.5521 after 20 epochs against 0.3553 / 0.5054 after 5 (seed 0;
+            0.3567 / 0.5070 over 3 seeds); STAR and dnn-domain stopped after 15 and 14 (docs/results.md,
+            "By `mdr train`'s own recipe"). Retrieval without early stopping (`patience=0`, or no
+            validation split) runs all 20, and a cosine `lr_schedule` falls over all 20.
         batch_size: rows per replica per step.
         learning_rate: Adam learning rate (the start of the schedule).
         lr_schedule: `"constant"`, `"cosine"` (the learning rate falls along half a cosine from

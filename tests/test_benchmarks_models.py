@@ -194,6 +194,7 @@ def test_a_run_and_its_merge_have_one_title():
     # a file from before patience, replicas and the sampling flags: no patience, 100 uniform, constant rate
     old = {k: v for k, v in args.items() if k not in ("patience", "cpu_replicas", "sampled_negatives", "sampling",
                                                      "lr_schedule")}
+    assert "x 4 replica(s)" in models.table_title([{**args, "replicas": 4}])  # e.g. 4 GPUs
     assert models.table_title([args, {**old, "seeds": "2", "cpu_replicas": 2}], sampled=True).endswith(
         "5 epoch(s) (patience 2), batch 512, lr 0.001 (auto), seed(s) 0,1; "
         "5 epoch(s), batch 512 x 2 replica(s), lr 0.001 (constant), seed(s) 2; "

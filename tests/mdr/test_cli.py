@@ -118,6 +118,7 @@ def test_every_flag_has_help_and_shows_its_default(capsys):
     # `mdr train`'s help states TrainConfig's defaults (kept in cli.TRAIN_DEFAULTS, so --help needs no TensorFlow).
     defaults = {f.name: f.default for f in dataclasses.fields(training.TrainConfig)}
     assert cli.TRAIN_DEFAULTS == {k: defaults[k] for k in cli.TRAIN_DEFAULTS}
+    assert cli.TRAIN_DEFAULT_EPOCHS == training.DEFAULT_EPOCHS  # what --epochs unset means, by task
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -507,12 +507,7 @@ def test_bad_arguments(kwargs):
 
 
 def test_bad_inputs():
+    layer_checks.assert_backbone_rejects_bad_inputs(lambda: ADIBackbone(2))
     x, domain, emb = inputs_for(2, 4, 2, 2)
-    with pytest.raises(ValueError, match="Received:"):  # the domain embedding is missing
-        ADIBackbone(2)([x, domain])
     with pytest.raises(ValueError, match="Received:"):  # 3 fields do not divide 4 features
         ADIBackbone(2, num_fields=3)([x, domain, emb])
-    with pytest.raises(ValueError, match="Received:"):  # x must be [B, F]
-        ADIBackbone(2)([x[:, :, None], domain, emb])
-    with pytest.raises(tf.errors.InvalidArgumentError):  # domain 2 of 2
-        ADIBackbone(2)([x, np.array([0, 2]), emb])
