@@ -19,6 +19,7 @@ import tf_keras as keras
 
 from mdr_contract import feature_spec as fs
 from mdr_keras.layers.feature_encoder import FeatureEncoder
+from mdr_keras.layers.plumbing import check_real
 from mdr_keras.layers.towers import Tower
 from mdr_keras.models.backbones import BACKBONES, make_backbone
 from mdr_keras.models.parts import embedding_for, parts_config, with_parts
@@ -143,8 +144,7 @@ class RetrievalConfig:
         for name in ("self_training_p", "self_training_delta", "self_training_max"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={getattr(self, name)!r}")
-        if not 0.0 <= self.fused_dropout < 1.0:
-            raise ValueError(f"`fused_dropout` must be in [0, 1). Received: fused_dropout={self.fused_dropout!r}")
+        check_real("fused_dropout", self.fused_dropout, 0, 1, high_open=True)
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be > 0. Received: temperature={self.temperature!r}")
 
