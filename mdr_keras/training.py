@@ -109,8 +109,9 @@ class TrainConfig:
     task: str = ""
 
     def __post_init__(self):
-        if self.epochs is None:  # the task's default; an unknown model name fails below, naming the choices
-            self.epochs = DEFAULT_EPOCHS[task_of(self.model, self.task)]
+        self.task = task_of(self.model, self.task)  # unknown or ambiguous names fail here, before any work
+        if self.epochs is None:
+            self.epochs = DEFAULT_EPOCHS[self.task]
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be an int >= 1. Received: {name}={getattr(self, name)!r}")
@@ -123,8 +124,7 @@ class TrainConfig:
             raise ValueError(f"`patience` must be >= 0. Received: patience={self.patience!r}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"`steps_per_epoch` must be >= 1. Received: steps_per_epoch={self.steps_per_epoch!r}")
-        self.task = task_of(self.model, self.task)  # unknown or ambiguous names fail here, before any work
-        self.model_settings()  # so do unknown or bad model_config keys
+        self.model_settings()  # unknown or bad model_config keys fail here, before any work too
 
     def schedule(self) -> str:
         """The learning-rate schedule this run uses: `lr_schedule`, with "auto" resolved by the task."""
