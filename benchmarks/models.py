@@ -26,6 +26,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import results as results_files  # noqa: E402
+from mdr import cli  # noqa: E402  (the flag choices `mdr train` / `mdr evaluate` offer)
 
 
 def parse_model(text: str):
@@ -124,18 +125,20 @@ def table_title(every_args, sampled=False) -> str:
     def replicas(a):  # the strategy's count a run recorded (GPUs or CPU replicas); older files: --cpu-replicas
         return a.get("replicas") or a.get("cpu_replicas") or 1
 
+    def setting(a):  # files from before the schedule or patience existed trained at a constant rate, without stopping
+        return (f"{a['epochs']} epoch(s)" + (f" (patience {a['patience']})" if a.get("patience") else "")
+                + f", batch {a['batch_size']}" + (f" x {replicas(a)} replica(s)" if replicas(a) > 1 else "")
+                + f", lr {a['learning_rate']:g} ({a.get('lr_schedule') or 'constant'}), "
+                + (f"weight decay {a['weight_decay']:g}, " if a.get("weight_decay") else "")
+                + f"seed(s) {a['seeds']}")
+
     a = every_args[0]
-    # (files from before the schedule or patience existed trained at a constant rate, without stopping)
-    settings = sorted({f"{a['epochs']} epoch(s)" + (f" (patience {a['patience']})" if a.get("patience") else "")
-                       + f", batch {a['batch_size']}"
-                       + (f" x {replicas(a)} replica(s)" if replicas(a) > 1 else "")
-                       + f", lr {a['learning_rate']:g} ({a.get('lr_schedule') or 'constant'}), "
-                       + (f"weight decay {a['weight_decay']:g}, " if a.get("weight_decay") else "")
-                       + f"seed(s) {a['seeds']}" for a in every_args})
+    # in the order the runs were merged (sorted as text, "20 epoch(s)" came before "5 epoch(s)")
+    settings = dict.fromkeys(setting(a) for a in every_args)
     title = f"{a['task']} on {a['data']} ({a['split']} split), {'; '.join(settings)}"
     if sampled:
-        protocols = sorted({"{sampled_negatives} {sampling}".format(**_protocol(argparse.Namespace(**a)))
-                            for a in every_args})
+        protocols = dict.fromkeys("{sampled_negatives} {sampling}".format(**_protocol(argparse.Namespace(**a)))
+                                  for a in every_args)
         title += f"; sampled protocol, negatives per query: {', '.join(protocols)}"
     return title
 
@@ -284,7 +287,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, help="default: TrainConfig's for the task (training.DEFAULT_EPOCHS)")
     parser.add_argument("--batch-size", type=int, help="default: TrainConfig's (512)")
     parser.add_argument("--learning-rate", type=float, help="default: TrainConfig's (1e-3)")
-    parser.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"), help="default: TrainConfig's (auto)")
+    parser.add_argument("--lr-schedule", choices=cli.LR_SCHEDULES, help="default: TrainConfig's (auto)")
     parser.add_argument("--weight-decay", type=float, help="default: TrainConfig's (0: Adam)")
     parser.add_argument("--seeds", default="0", help="comma-separated seeds; each model is trained once per seed")
     parser.add_argument("--patience", type=int, help="default: TrainConfig's (2)")
@@ -295,7 +298,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sampled", action="store_true",
                         help="retrieval: tabulate the sampled protocol's recall (as `mdr evaluate` prints it)")
     parser.add_argument("--sampled-negatives", type=int, default=100, help="negatives per query of the sampled protocol")
-    parser.add_argument("--sampling", choices=("uniform", "unseen", "popularity"), default="uniform",
+    parser.add_argument("--sampling", choices=cli.SAMPLINGS, default="uniform",
                         help="how the sampled protocol draws its negatives (`mdr evaluate --sampling`)")
     parser.add_argument("--cpu-replicas", type=int, default=0)
     parser.add_argument("--mixed-precision", action="store_true")

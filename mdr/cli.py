@@ -344,6 +344,8 @@ TRAIN_DEFAULTS = {"model": "adi", "epochs": None, "batch_size": 512, "learning_r
                   "weight_decay": 0.0, "seed": 0, "patience": 2,
                   "validation_split": "auto"}
 TRAIN_DEFAULT_EPOCHS = {"ranking": 5, "retrieval": 20}  # training.DEFAULT_EPOCHS, by task (--epochs unset)
+LR_SCHEDULES = ("auto", "constant", "cosine")  # training.LR_SCHEDULES
+SAMPLINGS = ("uniform", "unseen", "popularity")  # evaluation.SAMPLINGS: how sampled negatives are drawn
 
 
 def _add_client_arguments(p):
@@ -405,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=_at_least(1),
                    help=f"rows per replica per step (default {TRAIN_DEFAULTS['batch_size']})")
     t.add_argument("--learning-rate", type=_positive, help=f"Adam learning rate (default {TRAIN_DEFAULTS['learning_rate']})")
-    t.add_argument("--lr-schedule", choices=("auto", "constant", "cosine"),
+    t.add_argument("--lr-schedule", choices=LR_SCHEDULES,
                    help="the learning rate's course: constant, or a half cosine to 0 over --epochs; auto = cosine "
                         f"for ranking models, constant for retrieval (default {TRAIN_DEFAULTS['lr_schedule']})")
     t.add_argument("--weight-decay", type=_at_least_zero,
@@ -434,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--baseline", help="another model folder (already evaluated): adds the ADS AUC Imp. column")
     e.add_argument("--sampled-negatives", type=_at_least(1), default=100,
                    help="negatives per query of the sampled protocol (retrieval's sampled_recall@K)")
-    e.add_argument("--sampling", default="uniform", choices=("uniform", "unseen", "popularity"),
+    e.add_argument("--sampling", default="uniform", choices=SAMPLINGS,
                    help="how the sampled protocol draws negatives: uniformly over the domain's items, uniformly "
                         "over the items the user did not click in training, or by the domain's training clicks")
 

@@ -198,4 +198,7 @@ def test_a_run_and_its_merge_have_one_title():
     assert models.table_title([args, {**old, "seeds": "2", "cpu_replicas": 2}], sampled=True).endswith(
         "5 epoch(s) (patience 2), batch 512, lr 0.001 (auto), seed(s) 0,1; "
         "5 epoch(s), batch 512 x 2 replica(s), lr 0.001 (constant), seed(s) 2; "
-        "sampled protocol, negatives per query: 100 uniform, 50 unseen")
+        "sampled protocol, negatives per query: 50 unseen, 100 uniform")  # in the runs' order
+    later = {**args, "epochs": 20, "seeds": "0"}  # not sorted as text: 5 epochs, then 20
+    assert "5 epoch(s) (patience 2), batch 512, lr 0.001 (auto), seed(s) 0,1; 20 epoch(s)" in models.table_title(
+        [args, later])

@@ -142,11 +142,9 @@ class RetrievalConfig:
             raise ValueError(f"`item_backbone` must be None or one of {BACKBONES}. "
                              f"Received: item_backbone={self.item_backbone!r}")
         for name in ("self_training_p", "self_training_delta", "self_training_max"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1]. Received: {name}={getattr(self, name)!r}")
+            check_real(name, getattr(self, name), 0, 1)
         check_real("fused_dropout", self.fused_dropout, 0, 1, high_open=True)
-        if self.temperature <= 0:
-            raise ValueError(f"`temperature` must be > 0. Received: temperature={self.temperature!r}")
+        check_real("temperature", self.temperature, 0, low_open=True)
 
 
 def tower_features(spec: fs.FeatureSpec) -> Tuple[List[str], List[str], List[str]]:

@@ -109,7 +109,7 @@ def test_console_script_help():
 def test_every_flag_has_help_and_shows_its_default(capsys):
     import dataclasses
 
-    from mdr_keras import training
+    from mdr_keras import evaluation, training
 
     parser = cli.build_parser()
     for name, sub in parser._subparsers._group_actions[0].choices.items():
@@ -119,6 +119,7 @@ def test_every_flag_has_help_and_shows_its_default(capsys):
     defaults = {f.name: f.default for f in dataclasses.fields(training.TrainConfig)}
     assert cli.TRAIN_DEFAULTS == {k: defaults[k] for k in cli.TRAIN_DEFAULTS}
     assert cli.TRAIN_DEFAULT_EPOCHS == training.DEFAULT_EPOCHS  # what --epochs unset means, by task
+    assert cli.LR_SCHEDULES == training.LR_SCHEDULES and cli.SAMPLINGS == evaluation.SAMPLINGS  # the choices offered
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())

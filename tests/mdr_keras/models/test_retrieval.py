@@ -157,3 +157,14 @@ def test_adis_dropout_is_fused_dropout_and_reaches_both_backbones(synthetic_data
         build_retrieval_model(spec, "adi", RetrievalConfig(dropout=0.2))
     with pytest.raises(ValueError, match="fused_dropout"):
         RetrievalConfig(fused_dropout=1.0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("self_training_p", 1.5, r"`self_training_p` must be in \[0, 1\]"),
+    ("self_training_delta", "0.1", r"`self_training_delta` must be in \[0, 1\]"),  # a string, not a TypeError
+    ("self_training_max", float("nan"), r"`self_training_max` must be in \[0, 1\]"),
+    ("temperature", 0.0, r"`temperature` must be > 0"),
+])
+def test_retrieval_config_rejects_out_of_range_settings_naming_them(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        RetrievalConfig(**{field: value})
