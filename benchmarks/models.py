@@ -223,7 +223,12 @@ def merge(args, argv) -> int:
                 run = json.load(f)
             # a run's results.json has its "args"; a committed table (--results) the "merged" args of its runs,
             # so a table can grow by new runs after the run folders are gone
-            runs.append({"args": run["merged"] if "merged" in run else [run["args"]], "results": run["results"]})
+            if "merged" in run:
+                every = run["merged"]
+            else:  # a run cut short holds fewer seeds than it was asked for: the title names those it has
+                done = dict.fromkeys(str(r["seed"]) for r in run["results"] if r["model"] != POPULARITY)
+                every = [{**run["args"], "seeds": ",".join(done) or run["args"]["seeds"]}]
+            runs.append({"args": every, "results": run["results"]})
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             print(f"benchmarks.models: error: --merge {path}: not a results.json of benchmarks.models ({e})",
                   file=sys.stderr)

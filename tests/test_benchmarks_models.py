@@ -149,6 +149,11 @@ def test_merge_builds_one_table_from_earlier_runs(tmp_path, capsys):
     other = tmp_path / "c.json"
     other.write_text(open(first).read().replace('"/d"', '"/other"'))
     assert models.main(["--merge", first, str(other)]) == 2  # one data set per table
+    # a run cut after its first seed: the title names the seed it holds, not the three it was asked for
+    cut = run("e.json", [models.POPULARITY, "adi"], seeds="0,1,2")
+    capsys.readouterr()
+    assert models.main(["--merge", cut]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("seed(s) 0")
 
 
 def test_merge_grows_a_committed_table(tmp_path, monkeypatch, capsys):
