@@ -1,15 +1,22 @@
 """tf.data input pipelines over the job's TFRecords, parsed with the feature spec."""
 from __future__ import annotations
 
+import functools
+import json
+import os
 from typing import Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from mdr_contract import artifacts, files
 from mdr_contract import feature_spec as fs
 
-# Validation rows carved out of the train split when the data has no split left unseen for reporting:
-# one record in HOLDOUT_BUCKETS, by a hash of its serialized bytes (the same rows on every run and machine).
+# Validation rows carved out of the train split when the data has no split left unseen for reporting, one
+# record in HOLDOUT_BUCKETS: the latest by time when the data was split by time (the reported split comes
+# after the train window, so the validation rows must too: a random sample of the window rewards fitting
+# the window's tastes after the later rows have stopped improving), else by a hash of the record's bytes.
+# Either way the same rows on every run and machine.
 HOLDOUT = "holdout"
 HOLDOUT_BUCKETS = 20
 HOLDOUT_MODES = (None, "exclude", "only")
@@ -18,6 +25,30 @@ HOLDOUT_MODES = (None, "exclude", "only")
 def validation_rows(validation: str):
     """`(split, holdout)` to pass to `make_dataset` for the rows of a validation split name or `HOLDOUT`."""
     return ("train", "only") if validation == HOLDOUT else (validation, None)
+
+
+def holdout_start(data_dir: str) -> Optional[int]:
+    """The first timestamp of the holdout when the data was split by time (`metadata.json`'s `split_rule`):
+    the train split's (1 - 1 / HOLDOUT_BUCKETS) quantile of `timestamp`; None for data split otherwise (the
+    holdout is then by hash)."""
+    with tf.io.gfile.GFile(os.path.join(data_dir, artifacts.METADATA)) as f:
+        metadata = f.read()
+    if json.loads(metadata).get("split_rule") != "time" or fs.TIMESTAMP not in fs.FeatureSpec.load(data_dir):
+        return None
+    return _train_time_quantile(data_dir, metadata)
+
+
+@functools.lru_cache(maxsize=16)
+def _train_time_quantile(data_dir: str, metadata: str) -> Optional[int]:
+    """One read of the train timestamps per data folder and job (`metadata`: a job written anew is read anew)."""
+    parse = {fs.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+    ds = tf.data.TFRecordDataset(record_files(data_dir, "train"), compression_type="GZIP",
+                                 num_parallel_reads=tf.data.AUTOTUNE)
+    ds = ds.batch(65536).map(lambda x: tf.io.parse_example(x, parse)[fs.TIMESTAMP], num_parallel_calls=tf.data.AUTOTUNE)
+    stamps = np.concatenate([b.numpy() for b in ds] or [np.zeros([0], np.int64)])
+    if not len(stamps):
+        return None
+    return int(np.quantile(stamps, 1.0 - 1.0 / HOLDOUT_BUCKETS, method="higher"))
 
 
 def record_files(data_dir: str, split: str) -> list:
@@ -48,7 +79,8 @@ def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.F
         drop_remainder: drop a last partial batch.
         shuffle_buffer: records in the shuffle buffer.
         holdout: None (every record), `"exclude"` (all but the holdout records) or `"only"` (the holdout
-            records: one in `HOLDOUT_BUCKETS`, chosen by a hash of the record's bytes).
+            records: one in `HOLDOUT_BUCKETS`, the latest of the train split when the data was split by
+            time (`holdout_start`), else chosen by a hash of the record's bytes).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
@@ -66,8 +98,14 @@ def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.F
                        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=seed is not None or not shuffle)
     if holdout is not None:
-        keep = tf.equal if holdout == "only" else tf.not_equal
-        ds = ds.filter(lambda record: keep(tf.strings.to_hash_bucket_fast(record, HOLDOUT_BUCKETS), 0))
+        start = holdout_start(data_dir)
+        if start is not None:
+            stamp = {fs.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}
+            later = tf.greater_equal if holdout == "only" else tf.less
+            ds = ds.filter(lambda record: later(tf.io.parse_single_example(record, stamp)[fs.TIMESTAMP], start))
+        else:
+            keep = tf.equal if holdout == "only" else tf.not_equal
+            ds = ds.filter(lambda record: keep(tf.strings.to_hash_bucket_fast(record, HOLDOUT_BUCKETS), 0))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -85,7 +85,8 @@ class TrainConfig:
         steps_per_epoch: cap on steps per epoch (default: one pass over the training split).
         validation_split: what early stopping watches: `"auto"` (default: the eval split when the data
             has a test split to report on, else `"holdout"`), `"holdout"` (one train row in 20, left out
-            of training: `data.HOLDOUT`), a split name, or `""` (none). The split that is reported
+            of training: `data.HOLDOUT`; the latest by time when the data was split by time), a split name,
+            or `""` (none). The split that is reported
             (`report_split`) is never the one watched under `"auto"`.
         model_config: fields of `RetrievalConfig` / `RankerConfig` to override.
         task: 'retrieval' or 'ranking'; needed only for the names both tasks have (dnn,
@@ -387,9 +388,10 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
         split, rows = data.validation_rows(validation)
         eval_ds = data.make_dataset(data_dir, split, global_batch, spec=spec, holdout=rows)
     if verbose and validation:
-        print(f"validation: {validation}" + (f" (1 in {data.HOLDOUT_BUCKETS} train rows, left out of training: the "
-                                             "data has no test split, so eval stays unseen)" if holdout else ""),
-              flush=True)
+        which = "the latest" if holdout and data.holdout_start(data_dir) is not None else "by hash"
+        print(f"validation: {validation}" + (f" (1 in {data.HOLDOUT_BUCKETS} train rows, {which}, left out of "
+                                             "training: the data has no test split, so eval stays unseen)"
+                                             if holdout else ""), flush=True)
     steps = config.steps_per_epoch
     if steps is None:
         rows = split_rows(data_dir, "train") * ((data.HOLDOUT_BUCKETS - 1) / data.HOLDOUT_BUCKETS if holdout else 1)

@@ -42,18 +42,34 @@ def test_incomplete_output_is_refused(tmp_path):
         data.make_dataset(helpers.TESTDATA, "train", 0)
 
 
-def test_holdout_splits_the_train_records_in_two_fixed_parts(synthetic_data):
+def _holdout_timestamps(out, holdout, **kw):
+    return sorted(np.concatenate([b["timestamp"].numpy() for b in data.make_dataset(
+        out, "train", 512, names=["timestamp"], holdout=holdout, **kw)]).tolist())
+
+
+def test_holdout_of_a_time_split_is_the_latest_train_records(synthetic_data):
     out, meta = synthetic_data
-
-    def timestamps(holdout, **kw):
-        return sorted(np.concatenate([b["timestamp"].numpy() for b in data.make_dataset(
-            out, "train", 512, names=["timestamp"], holdout=holdout, **kw)]).tolist())
-
-    kept, held, every = timestamps("exclude", shuffle=True, seed=3), timestamps("only"), timestamps(None)
+    assert meta["split_rule"] == "time"
+    kept, held = _holdout_timestamps(out, "exclude", shuffle=True, seed=3), _holdout_timestamps(out, "only")
+    every = _holdout_timestamps(out, None)
     assert len(kept) + len(held) == len(every) == meta["rows_written_per_split"]["train"]
     assert sorted(kept + held) == every
-    # One record in 20 by a hash: about 5%, the same records whatever the shuffling.
-    assert 0.03 < len(held) / len(every) < 0.07
-    assert timestamps("exclude", shuffle=True, seed=4) == kept
+    # Eval comes after the train window, so its stand-in does too: the last 1 in 20 records by time.
+    assert max(kept) < min(held) == data.holdout_start(out)
+    assert 0.045 < len(held) / len(every) < 0.06
+    assert _holdout_timestamps(out, "exclude", shuffle=True, seed=4) == kept
     with pytest.raises(ValueError, match="holdout must be one of"):
         data.make_dataset(out, "train", 8, holdout="some")
+
+
+def test_holdout_of_a_random_split_is_a_fixed_hash_sample(synthetic_raw, tmp_path):
+    out = str(tmp_path / "random")
+    meta = helpers.run_job("synthetic", synthetic_raw, out, split="random", seed=7)
+    assert data.holdout_start(out) is None
+    kept, held = _holdout_timestamps(out, "exclude", shuffle=True, seed=3), _holdout_timestamps(out, "only")
+    every = _holdout_timestamps(out, None)
+    assert len(kept) + len(held) == len(every) == meta["rows_written_per_split"]["train"]
+    assert sorted(kept + held) == every
+    # One record in 20 by a hash: about 5%, spread over the window, the same whatever the shuffling.
+    assert 0.03 < len(held) / len(every) < 0.07 and min(held) < max(kept)
+    assert _holdout_timestamps(out, "exclude", shuffle=True, seed=4) == kept
