@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps-per-epoch", type=_at_least(1), help="cap on steps per epoch (default: one pass over train)")
     t.add_argument("--validation-split",
                    help=f"what early stopping watches (default {TRAIN_DEFAULTS['validation_split']}): auto = eval when "
-                        "the data has a test split, else holdout (1 in 20 train rows left out); a split name; "
+                        "the data has a test split, else holdout (1 in 20 train rows left out: the latest, when split "
+                        "by time); a split name; "
                         "or '' (none)")
     t.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute (GPUs)")
     t.add_argument("--cpu-replicas", type=_at_least(0), default=0,

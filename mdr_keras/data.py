@@ -29,8 +29,8 @@ def validation_rows(validation: str):
 
 def holdout_start(data_dir: str) -> Optional[int]:
     """The first timestamp of the holdout when the data was split by time (`metadata.json`'s `split_rule`):
-    the train split's (1 - 1 / HOLDOUT_BUCKETS) quantile of `timestamp`; None for data split otherwise (the
-    holdout is then by hash)."""
+    the train split's (1 - 1 / HOLDOUT_BUCKETS) quantile of `timestamp`; None for data split otherwise, or
+    when ties at that quantile would hold out more than twice the share (the holdout is then by hash)."""
     with tf.io.gfile.GFile(os.path.join(data_dir, artifacts.METADATA)) as f:
         metadata = f.read()
     if json.loads(metadata).get("split_rule") != "time" or fs.TIMESTAMP not in fs.FeatureSpec.load(data_dir):
@@ -45,10 +45,20 @@ def _train_time_quantile(data_dir: str, metadata: str) -> Optional[int]:
     ds = tf.data.TFRecordDataset(record_files(data_dir, "train"), compression_type="GZIP",
                                  num_parallel_reads=tf.data.AUTOTUNE)
     ds = ds.batch(65536).map(lambda x: tf.io.parse_example(x, parse)[fs.TIMESTAMP], num_parallel_calls=tf.data.AUTOTUNE)
-    stamps = np.concatenate([b.numpy() for b in ds] or [np.zeros([0], np.int64)])
+    return latest_cutoff(np.concatenate([b.numpy() for b in ds] or [np.zeros([0], np.int64)]))
+
+
+def latest_cutoff(stamps: np.ndarray) -> Optional[int]:
+    """The first timestamp of the latest 1 in `HOLDOUT_BUCKETS` of `stamps`, or None when there are none or
+    when coarse timestamps (days) tie so many rows at the cutoff, all held out, that the holdout would pass
+    twice its share or leave nothing to train on."""
     if not len(stamps):
         return None
-    return int(np.quantile(stamps, 1.0 - 1.0 / HOLDOUT_BUCKETS, method="higher"))
+    start = int(np.quantile(stamps, 1.0 - 1.0 / HOLDOUT_BUCKETS, method="higher"))
+    held = int(np.sum(stamps >= start))
+    if held == len(stamps) or held > 2 * len(stamps) / HOLDOUT_BUCKETS:
+        return None
+    return start
 
 
 def record_files(data_dir: str, split: str) -> list:

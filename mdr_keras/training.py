@@ -321,7 +321,7 @@ class _StepsProgbar(keras.callbacks.ProgbarLogger):
 
     A TFRecord dataset has no known length, so Keras shows `1/Unknown` until the first epoch ends.
     The steps come from the row counts of `metadata.json` instead: exact without a holdout, an
-    estimate with one (1 in `HOLDOUT_BUCKETS` rows, by hash). Past an estimate that fell short the
+    estimate with one (1 in `HOLDOUT_BUCKETS` rows, the latest or by hash). Past an estimate that fell short the
     bar counts on without a target; at each epoch's end the target becomes the steps really run.
     """
 
@@ -481,6 +481,8 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
     # multi-replica strategies).
     summary = {"model": config.model, "task": config.task, "parameters": params, "replicas": replicas,
                "global_batch": global_batch, "lr_schedule": config.schedule(), "validation": validation,
+               # the holdout's first timestamp when it is the latest train rows (a time split), else None
+               "holdout_start": data.holdout_start(data_dir) if validation == data.HOLDOUT else None,
                "epochs_run": len(history.epoch),
                "train_seconds": round(seconds, 2), "wrote_model_dir": chief,
                "history": {k: [float(x) for x in v] for k, v in history.history.items()}}

@@ -62,6 +62,16 @@ def test_holdout_of_a_time_split_is_the_latest_train_records(synthetic_data):
         data.make_dataset(out, "train", 8, holdout="some")
 
 
+def test_latest_cutoff_holds_out_one_in_twenty_unless_ties_would_hold_out_more():
+    # 100 distinct times: the 95% quantile, 'higher', is the 96th value; rows 95..99 (5 of 100) are held out.
+    assert data.latest_cutoff(np.arange(100)) == 95
+    # Days: 90 rows on day 1, 10 on day 2 -> the cutoff is day 2, 10 rows held out (10%, within twice 5%).
+    assert data.latest_cutoff(np.array([1] * 90 + [2] * 10)) == 2
+    # 80 / 20: day 2 would hold out 20% (over twice the share); one day only: nothing left to train on.
+    assert data.latest_cutoff(np.array([1] * 80 + [2] * 20)) is None
+    assert data.latest_cutoff(np.full(50, 7)) is None and data.latest_cutoff(np.array([], np.int64)) is None
+
+
 def test_holdout_of_a_random_split_is_a_fixed_hash_sample(synthetic_raw, tmp_path):
     out = str(tmp_path / "random")
     meta = helpers.run_job("synthetic", synthetic_raw, out, split="random", seed=7)

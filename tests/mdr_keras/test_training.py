@@ -10,7 +10,7 @@ import sys
 import pytest
 import tf_keras as keras
 
-from mdr_keras import training
+from mdr_keras import data, training
 from mdr_keras.models import retrieval
 from mdr_contract import feature_spec as fs
 
@@ -134,6 +134,7 @@ def test_train_on_two_mirrored_replicas_then_evaluate_in_a_fresh_process(synthet
     assert (summary["replicas"], summary["global_batch"], summary["epochs_run"]) == (2, 256, 2)
     # The data has no test split, so eval is what gets reported: early stopping watches a holdout instead.
     assert summary["validation"] == "holdout" and "val_loss" in summary["history"]
+    assert summary["holdout_start"] == data.holdout_start(data_dir) is not None  # a time split: its latest rows
     # Early stopping of retrieval watches the full-corpus recall of the validation rows.
     recall = summary["history"]["val_recall@50"]
     assert len(recall) == 2 and all(0 < r <= 1 for r in recall), recall
