@@ -31,8 +31,7 @@ def holdout_start(data_dir: str) -> Optional[int]:
     """The first timestamp of the holdout when the data was split by time (`metadata.json`'s `split_rule`):
     the train split's (1 - 1 / HOLDOUT_BUCKETS) quantile of `timestamp`; None for data split otherwise, or
     when ties at that quantile would hold out more than twice the share (the holdout is then by hash)."""
-    with tf.io.gfile.GFile(os.path.join(data_dir, artifacts.METADATA)) as f:
-        metadata = f.read()
+    metadata = files.read_text(os.path.join(data_dir, artifacts.METADATA))
     if json.loads(metadata).get("split_rule") != "time" or fs.TIMESTAMP not in fs.FeatureSpec.load(data_dir):
         return None
     return _train_time_quantile(data_dir, metadata)

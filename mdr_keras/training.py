@@ -381,6 +381,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
 
     validation = validation_of(data_dir, config.validation_split)
     holdout = validation == data.HOLDOUT
+    holdout_start = data.holdout_start(data_dir) if holdout else None  # the latest train rows (time split) or None
     train_ds = data.make_dataset(data_dir, "train", global_batch, spec=spec, shuffle=True, seed=config.seed,
                                  drop_remainder=replicas > 1, holdout="exclude" if holdout else None)
     eval_ds = None
@@ -388,7 +389,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
         split, rows = data.validation_rows(validation)
         eval_ds = data.make_dataset(data_dir, split, global_batch, spec=spec, holdout=rows)
     if verbose and validation:
-        which = "the latest" if holdout and data.holdout_start(data_dir) is not None else "by hash"
+        which = "the latest" if holdout_start is not None else "by hash"
         print(f"validation: {validation}" + (f" (1 in {data.HOLDOUT_BUCKETS} train rows, {which}, left out of "
                                              "training: the data has no test split, so eval stays unseen)"
                                              if holdout else ""), flush=True)
@@ -411,7 +412,7 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         return _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, callbacks,
-                    validation, data_dir)
+                    validation, data_dir, holdout_start)
     finally:
         keras.mixed_precision.set_global_policy(policy)
 
@@ -444,7 +445,7 @@ def trainable_parameters(model: keras.Model) -> int:
 
 
 def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_steps, verbose, extra_callbacks,
-         validation="", data_dir=""):
+         validation="", data_dir="", holdout_start=None):
     replicas = strategy.num_replicas_in_sync
     global_batch = config.batch_size * replicas
     model = build_compiled_model(spec, config, strategy, total_steps)
@@ -482,7 +483,7 @@ def _fit(model_dir, spec, config, strategy, train_ds, eval_ds, steps, total_step
     summary = {"model": config.model, "task": config.task, "parameters": params, "replicas": replicas,
                "global_batch": global_batch, "lr_schedule": config.schedule(), "validation": validation,
                # the holdout's first timestamp when it is the latest train rows (a time split), else None
-               "holdout_start": data.holdout_start(data_dir) if validation == data.HOLDOUT else None,
+               "holdout_start": holdout_start,
                "epochs_run": len(history.epoch),
                "train_seconds": round(seconds, 2), "wrote_model_dir": chief,
                "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
