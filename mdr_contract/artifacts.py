@@ -8,6 +8,7 @@ model server, the client and the report).
 Preprocessing output (`mdr preprocess --output DIR`):
 
     DIR/train/ eval/ test/   part-*.tfrecord.gz   one tf.train.Example per interaction
+    DIR/train/               holdout-*.tfrecord.gz  train records held out for validation (1 in 20)
     DIR/items/               part-*.tfrecord.gz   the item corpus: one record per (item, domain)
     DIR/store/               part-*.tfrecord.gz   the feature store: one record per (user, domain)
     DIR/rejected/            rejected-*.jsonl     rows that could not be used, with the reason
@@ -42,6 +43,12 @@ REJECTED_PREFIX = "rejected"
 REJECTED_SUFFIX = ".jsonl"
 RECORD_PREFIX = "part"
 RECORD_SUFFIX = ".tfrecord.gz"
+# One train record in HOLDOUT_BUCKETS is written under HOLDOUT_PREFIX beside the rest of train: the rows a
+# trainer validates on when the data has no split left unseen for reporting (the latest by time when the
+# data was split by time, else by hash; `metadata.json`'s "holdout"). Apart, so a trainer reads either part
+# without scanning the other; every train shard matches `record_pattern(.., "train")`.
+HOLDOUT_PREFIX = "holdout"
+HOLDOUT_BUCKETS = 20
 
 
 def vocab_file(feature: str) -> str:
@@ -49,14 +56,15 @@ def vocab_file(feature: str) -> str:
     return f"{VOCAB_DIR}/{feature}.txt"
 
 
-def record_pattern(data_dir: str, folder: str) -> str:
-    """The glob of the TFRecord shards of `folder` (a split, `ITEMS` or `STORE`) of `data_dir`."""
-    return os.path.join(data_dir, folder, "*" + RECORD_SUFFIX)
+def record_pattern(data_dir: str, folder: str, prefix: str = "") -> str:
+    """The glob of the TFRecord shards of `folder` (a split, `ITEMS` or `STORE`) of `data_dir`; with
+    `prefix` (`RECORD_PREFIX` or `HOLDOUT_PREFIX`) only the shards written under it."""
+    return os.path.join(data_dir, folder, prefix + "*" + RECORD_SUFFIX)
 
 
-def record_prefix(data_dir: str, folder: str) -> str:
+def record_prefix(data_dir: str, folder: str, prefix: str = RECORD_PREFIX) -> str:
     """The shard-name prefix the job writes `folder`'s TFRecords under."""
-    return os.path.join(data_dir, folder, RECORD_PREFIX)
+    return os.path.join(data_dir, folder, prefix)
 
 
 # ------------------------------------------------------------------ model folder

@@ -15,10 +15,11 @@ from mdr_contract import feature_spec as fs
 # Validation rows carved out of the train split when the data has no split left unseen for reporting, one
 # record in HOLDOUT_BUCKETS: the latest by time when the data was split by time (the reported split comes
 # after the train window, so the validation rows must too: a random sample of the window rewards fitting
-# the window's tastes after the later rows have stopped improving), else by a hash of the record's bytes.
-# Either way the same rows on every run and machine.
+# the window's tastes after the later rows have stopped improving), else by hash. Either way the same rows
+# on every run and machine. The job writes them apart (`artifacts.HOLDOUT_PREFIX`, `holdout_of`); a folder
+# written before it did has them chosen while it is read (by the time quantile, else a hash of the bytes).
 HOLDOUT = "holdout"
-HOLDOUT_BUCKETS = 20
+HOLDOUT_BUCKETS = artifacts.HOLDOUT_BUCKETS
 HOLDOUT_MODES = (None, "exclude", "only")
 
 
@@ -27,11 +28,21 @@ def validation_rows(validation: str):
     return ("train", "only") if validation == HOLDOUT else (validation, None)
 
 
+def holdout_of(data_dir: str) -> Optional[dict]:
+    """`metadata.json`'s "holdout": the train records the job wrote apart for validation (`rule` "time" or
+    "hash", the time `start`, `rows`, `rows_per_domain`); None for a folder written before it did."""
+    return json.loads(files.read_text(os.path.join(data_dir, artifacts.METADATA))).get("holdout")
+
+
 def holdout_start(data_dir: str) -> Optional[int]:
     """The first timestamp of the holdout when the data was split by time (`metadata.json`'s `split_rule`):
     the train split's (1 - 1 / HOLDOUT_BUCKETS) quantile of `timestamp`; None for data split otherwise, or
-    when ties at that quantile would hold out more than twice the share (the holdout is then by hash)."""
+    when ties at that quantile would hold out more than twice the share (the holdout is then by hash).
+    The job's when it wrote the holdout apart (`holdout_of`), else read from the train split."""
     metadata = files.read_text(os.path.join(data_dir, artifacts.METADATA))
+    written = json.loads(metadata).get("holdout")
+    if written is not None:
+        return written["start"]
     if json.loads(metadata).get("split_rule") != "time" or fs.TIMESTAMP not in fs.FeatureSpec.load(data_dir):
         return None
     return _train_time_quantile(data_dir, metadata)
@@ -60,12 +71,13 @@ def latest_cutoff(stamps: np.ndarray) -> Optional[int]:
     return start
 
 
-def record_files(data_dir: str, split: str) -> list:
-    """The TFRecord shards of a split (`train`, `eval`, `test` or `artifacts.ITEMS`) of a finished job."""
+def record_files(data_dir: str, split: str, prefix: str = "") -> list:
+    """The TFRecord shards of a split (`train`, `eval`, `test` or `artifacts.ITEMS`) of a finished job;
+    with `prefix`, those written under it (`artifacts.HOLDOUT_PREFIX`: the train split's holdout)."""
     files.check_complete(data_dir)
-    shards = sorted(tf.io.gfile.glob(artifacts.record_pattern(data_dir, split)))
+    shards = sorted(tf.io.gfile.glob(artifacts.record_pattern(data_dir, split, prefix)))
     if not shards:
-        raise FileNotFoundError(f"no {split} records in {data_dir}")
+        raise FileNotFoundError(f"no {split} records{' under ' + prefix if prefix else ''} in {data_dir}")
     return shards
 
 
@@ -88,14 +100,19 @@ def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.F
         drop_remainder: drop a last partial batch.
         shuffle_buffer: records in the shuffle buffer.
         holdout: None (every record), `"exclude"` (all but the holdout records) or `"only"` (the holdout
-            records: one in `HOLDOUT_BUCKETS`, the latest of the train split when the data was split by
-            time (`holdout_start`), else chosen by a hash of the record's bytes).
+            records: one train record in `HOLDOUT_BUCKETS`, the latest when the data was split by time
+            (`holdout_start`), else by hash; the job's shards of each when it wrote them apart).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Received: batch_size={batch_size}")
     if holdout not in HOLDOUT_MODES:
         raise ValueError(f"holdout must be one of {HOLDOUT_MODES}. Received: holdout={holdout!r}")
-    files = record_files(data_dir, split)
+    if holdout is not None and split != "train":
+        raise ValueError(f"holdout selects rows of the train split. Received: split={split!r}")
+    # The job's holdout shards, or the rest of train's; a folder without them filters while reading (below).
+    written = holdout is not None and holdout_of(data_dir) is not None
+    prefix = (artifacts.HOLDOUT_PREFIX if holdout == "only" else artifacts.RECORD_PREFIX) if written else ""
+    files = record_files(data_dir, split, prefix)
     spec = spec or fs.FeatureSpec.load(data_dir)
     if names is None and split == artifacts.ITEMS:
         names = [f.name for f in fs.item_corpus_features(spec.features)]
@@ -106,7 +123,7 @@ def make_dataset(data_dir: str, split: str, batch_size: int, spec: Optional[fs.F
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
                        cycle_length=min(len(files), 8), num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=seed is not None or not shuffle)
-    if holdout is not None:
+    if holdout is not None and not written:
         start = holdout_start(data_dir)
         if start is not None:
             stamp = {fs.TIMESTAMP: tf.io.FixedLenFeature([], tf.int64)}

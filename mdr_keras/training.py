@@ -320,8 +320,8 @@ class _StepsProgbar(keras.callbacks.ProgbarLogger):
     """Keras' progress bar, with the epoch's steps known in the first epoch too.
 
     A TFRecord dataset has no known length, so Keras shows `1/Unknown` until the first epoch ends.
-    The steps come from the row counts of `metadata.json` instead: exact without a holdout, an
-    estimate with one (1 in `HOLDOUT_BUCKETS` rows, the latest or by hash). Past an estimate that fell short the
+    The steps come from the row counts of `metadata.json` instead: exact, but an estimate with the holdout
+    of a folder written before the job wrote it apart (1 in `HOLDOUT_BUCKETS` rows). Past an estimate that fell short the
     bar counts on without a target; at each epoch's end the target becomes the steps really run.
     """
 
@@ -395,7 +395,10 @@ def train(data_dir: str, model_dir: str, config: TrainConfig, strategy: Optional
                                              if holdout else ""), flush=True)
     steps = config.steps_per_epoch
     if steps is None:
-        rows = split_rows(data_dir, "train") * ((data.HOLDOUT_BUCKETS - 1) / data.HOLDOUT_BUCKETS if holdout else 1)
+        rows = split_rows(data_dir, "train")
+        if holdout:  # the job's count of the rows it wrote apart; an estimate for a folder from before
+            written = data.holdout_of(data_dir)
+            rows = rows - written["rows"] if written else rows * (data.HOLDOUT_BUCKETS - 1) / data.HOLDOUT_BUCKETS
         total_steps = max(1, int(rows) // global_batch) * config.epochs
         if verbose == 1:  # the progress bar's steps: a last partial batch is a step unless dropped
             batches = int(rows) // global_batch if replicas > 1 else -(-int(rows) // global_batch)

@@ -155,13 +155,16 @@ def sequence_order(source: sources.Source) -> str:
 class _WriteSpecAndMetadata(beam.DoFn):
     """Writes vocabularies, `feature_spec.json` and `metadata.json`, once every count is known."""
 
-    def __init__(self, config: PreprocessConfig, source: sources.Source, features: List[fs.Feature]):
+    def __init__(self, config: PreprocessConfig, source: sources.Source, features: List[fs.Feature],
+                 split_rule: str, holdout_start: Optional[int]):
         self._config = config
         self._source = source
         self._features = features
+        self._split_rule = split_rule
+        self._holdout_start = holdout_start
 
     def process(self, _, domains, vocabs, boundaries, cutoffs, rows_read, rejected, written, corpus, store,
-                domain_ctr):
+                domain_ctr, held):
         out = self._config.output
         features = []
         for f in self._features:
@@ -203,9 +206,12 @@ class _WriteSpecAndMetadata(beam.DoFn):
             # The training CTR of each domain: the statistics of a key without training events.
             "domain_priors": {d: domain_ctr.get(d, 0.0) for d in domains},
             # Which rule put rows in their split: the input's split column, a time cutoff, or seeded ratios.
-            "split_rule": ("column" if getattr(getattr(self._source, "mapping", None), "split", None)
-                           else self._config.split),
+            "split_rule": self._split_rule,
             "time_cutoffs": cutoffs,
+            # The train records written apart for validation (artifacts.HOLDOUT_PREFIX; counted in train too).
+            "holdout": {"rule": "time" if self._holdout_start is not None else "hash",
+                        "start": self._holdout_start, "rows": sum(held.values()),
+                        "rows_per_domain": {d: held.get(d, 0) for d in domains}},
             "vocab_sizes": {f.name: f.vocab_size for f in features if f.vocab_file},
             "config": {k: (list(v) if isinstance(v, tuple) else v)
                        for k, v in dataclasses.asdict(self._config).items()},
@@ -218,11 +224,22 @@ class _WriteSpecAndMetadata(beam.DoFn):
         yield metadata
 
 
+def split_rule(config: PreprocessConfig, source: sources.Source) -> str:
+    """Which rule puts rows in their split: the input's split column, a time cutoff, or seeded ratios."""
+    return "column" if getattr(getattr(source, "mapping", None), "split", None) else config.split
+
+
 def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.Source,
-                   progress_dir: Optional[str] = None) -> None:
+                   progress_dir: Optional[str] = None, holdout_start: Optional[int] = None) -> None:
     """Adds the whole job to `p` (sources already checked); with `progress_dir`, the rows read, rejected
-    and the records built are also tallied there as they pass (`pipeline.progress`, local runner only)."""
+    and the records built are also tallied there as they pass (`pipeline.progress`, local runner only).
+
+    `holdout_start` (a time split's, from the first pass: `compute_time_cutoffs`) makes the train records
+    from that time on the holdout written apart for validation; without it (or with a split column) one
+    train record in `artifacts.HOLDOUT_BUCKETS` by hash (`T.in_holdout`)."""
     out = config.output
+    rule = split_rule(config, source)
+    holdout_start = holdout_start if rule == "time" else None
     features = fs.record_features(source.side_features, source.category_feature, config.sequence_length)
     eval_start, test_start = config.time_cutoffs()
 
@@ -251,15 +268,22 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
     boundaries = train_records | "QuantileBoundaries" >> T.QuantileBoundaries(
         [f.name for f in features if f.kind == fs.KIND_NUMERIC], config.num_buckets)
 
-    def write(pcoll, folder, fields, label):
+    def write(pcoll, folder, fields, label, prefix=artifacts.RECORD_PREFIX):
         return (pcoll
                 | f"Encode{label}Examples" >> T.EncodeExamples(fields)
-                | f"Write{label}TFRecords" >> WriteTFRecords(artifacts.record_prefix(out, folder), config.num_shards))
+                | f"Write{label}TFRecords" >> WriteTFRecords(artifacts.record_prefix(out, folder, prefix),
+                                                             config.num_shards))
 
-    per_split = records | "PartitionRecordsBySplit" >> beam.Partition(
-        lambda r, n: fs.SPLITS.index(r["split"]), len(fs.SPLITS))
+    def split_index(r, n):  # the train records held out for validation go last, apart from the rest of train
+        if r["split"] == "train" and T.in_holdout(r, holdout_start):
+            return len(fs.SPLITS)
+        return fs.SPLITS.index(r["split"])
+
+    per_split = records | "PartitionRecordsBySplit" >> beam.Partition(split_index, len(fs.SPLITS) + 1)
     for split, pcoll in zip(fs.SPLITS, per_split):
         write(pcoll, split, features, split.capitalize())
+    held = per_split[len(fs.SPLITS)]
+    write(held, "train", features, "TrainHoldout", prefix=artifacts.HOLDOUT_PREFIX)
     write(corpus, artifacts.ITEMS, fs.item_corpus_features(features), "ItemCorpus")
     write(store, artifacts.STORE, fs.store_features(features), "FeatureStore")
 
@@ -278,17 +302,19 @@ def build_pipeline(p: beam.Pipeline, config: PreprocessConfig, source: sources.S
                        | "RejectReasonCategory" >> beam.Map(lambda r: T.reason_category(r["reason"]))
                        | "CountRejectedPerReason" >> beam.combiners.Count.PerElement())
     written_counts = records | "CountRecordsPerSplitDomain" >> T.CountPerKey(lambda r: ((r["split"], r["domain"]),))
+    held_counts = held | "CountHoldoutRecordsPerDomain" >> T.CountPerKey(lambda r: (r[fs.DOMAIN],))
     corpus_counts = corpus | "CountItemsPerDomain" >> T.CountPerKey(lambda r: (r[fs.DOMAIN],))
     store_counts = store | "CountStoreUsersPerDomain" >> T.CountPerKey(lambda r: (r[fs.DOMAIN],))
     (p
      | "StartSpecAndMetadata" >> beam.Create([None])
      | "WriteSpecAndMetadata" >> beam.ParDo(
-         _WriteSpecAndMetadata(config, source, features),
+         _WriteSpecAndMetadata(config, source, features, rule, holdout_start),
          domains=beam.pvalue.AsSingleton(domains), vocabs=beam.pvalue.AsDict(vocabs),
          boundaries=beam.pvalue.AsDict(boundaries), cutoffs=beam.pvalue.AsSingleton(cutoffs),
          rows_read=beam.pvalue.AsSingleton(rows_read), rejected=beam.pvalue.AsDict(rejected_counts),
          written=beam.pvalue.AsDict(written_counts), corpus=beam.pvalue.AsDict(corpus_counts),
-         store=beam.pvalue.AsDict(store_counts), domain_ctr=beam.pvalue.AsSingleton(domain_ctr)))
+         store=beam.pvalue.AsDict(store_counts), domain_ctr=beam.pvalue.AsSingleton(domain_ctr),
+         held=beam.pvalue.AsDict(held_counts)))
 
 
 TIME_CUTOFFS_FILE = ".time-cutoffs.json"  # the first pass's answer, removed once read
@@ -299,7 +325,9 @@ def _write_cutoffs(cut: dict, path: str) -> None:
 
 
 def compute_time_cutoffs(config: PreprocessConfig, source: sources.Source, options: PipelineOptions) -> dict:
-    """The time split's cutoffs by `--eval-fraction` / `--test-fraction`, from a first pass over the input.
+    """The time split's cutoffs by `--eval-fraction` / `--test-fraction` and the start of the train window's
+    latest rows held out for validation (`holdout_start`), from a first pass over the input; with
+    `--eval-start` given, only `holdout_start`.
 
     The main job then splits by explicit cutoffs. Computing them inside it (a side input from the same
     events) lost records on Beam's local multi-process runner at 3M rows (three runs, a different shortfall
@@ -311,9 +339,10 @@ def compute_time_cutoffs(config: PreprocessConfig, source: sources.Source, optio
     with beam.Pipeline(options=options) as p:
         lines = p | "ReadRawLines" >> T.ReadRawLines(source.input_patterns(), source.has_header, spread=False)
         events, _ = lines | "ParseEvents" >> T.ParseEvents(source)
-        (events
-         | "TimeCutoffs" >> T.TimeCutoffs(config.eval_fraction, config.test_fraction)
-         | "WriteTimeCutoffs" >> beam.Map(_write_cutoffs, path))
+        eval_start = config.time_cutoffs()[0]
+        cutoffs = (events | "TimeCutoffs" >> T.TimeCutoffs(config.eval_fraction, config.test_fraction)
+                   if eval_start is None else events | "TrainHoldoutStart" >> T.TrainHoldoutStart(eval_start))
+        cutoffs | "WriteTimeCutoffs" >> beam.Map(_write_cutoffs, path)
     cut = json.loads(files.read_text(path))
     FileSystems.delete([path])
     return cut
@@ -452,12 +481,18 @@ def preprocess(config: PreprocessConfig, pipeline_args: Optional[List[str]] = No
     start = time.time()
     watcher = progress.Watcher(progress_callback, progress_every) if progress_callback and local else None
     try:
-        if config.split == "time" and config.time_cutoffs()[0] is None:
+        holdout_start = None
+        # A first pass for the cutoffs not given, and for the holdout's start of data split by time.
+        if config.split == "time" and (config.time_cutoffs()[0] is None or split_rule(config, source) == "time"):
             first_pass = PipelineOptions(args + IN_PROCESS_ARGS) if local else options
-            config = with_time_cutoffs(config, compute_time_cutoffs(config, source, first_pass))
+            cut = compute_time_cutoffs(config, source, first_pass)
+            if config.time_cutoffs()[0] is None:
+                config = with_time_cutoffs(config, cut)
+            holdout_start = cut.get("holdout_start")
         with watcher or contextlib.nullcontext():
             with beam.Pipeline(options=options) as p:
-                build_pipeline(p, config, source, progress_dir=watcher.folder if watcher else None)
+                build_pipeline(p, config, source, progress_dir=watcher.folder if watcher else None,
+                               holdout_start=holdout_start)
     except Exception as e:
         remove_temporary_folders(config.output)
         message = input_error_message(e)

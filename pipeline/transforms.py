@@ -6,6 +6,7 @@ to the rejected output, never raised; only an unusable input (a truncated gzip f
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import io
@@ -18,6 +19,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
+from mdr_contract import artifacts
 from mdr_contract import feature_spec as fs
 from pipeline.sources import InputError, RowError, Source
 
@@ -238,8 +240,9 @@ def random_unit(seed: int, ref: str) -> float:
 
 class TimeCutoffs(beam.PTransform):
     """The time cutoffs that leave `eval_fraction` (and `test_fraction`) of the events after them: a
-    singleton dict {'eval_start': ts[, 'test_start': ts]} from approximate quantiles of the event times
-    (to within 0.1% of the events); {} when there are no events.
+    singleton dict {'eval_start': ts[, 'test_start': ts][, 'holdout_start': ts]} from approximate quantiles
+    of the event times (to within 0.1% of the events); {} when there are no events. `holdout_start` begins
+    the train window's latest 1 in `HOLDOUT_BUCKETS` events (`holdout_start`).
 
     `mdr preprocess` computes them in a first pass of their own and hands them to `SplitEvents` as
     explicit cutoffs: on Beam's local multi-process runner, a split whose cutoffs are a side input
@@ -258,10 +261,14 @@ class TimeCutoffs(beam.PTransform):
         def to_cutoffs(quantiles):
             if not quantiles:
                 return {}
-            # quantiles[i] is the i/1000 quantile of the event times.
-            cut = {"eval_start": int(quantiles[int(round(eval_q * 1000))])}
+            # quantiles[i] is the i/1000 quantile of the event times; those up to eval_start, the train window's.
+            eval_at = int(round(eval_q * 1000))
+            cut = {"eval_start": int(quantiles[eval_at])}
             if with_test:
                 cut["test_start"] = int(quantiles[int(round(test_q * 1000))])
+            start = holdout_start(quantiles[:eval_at + 1])
+            if start is not None:
+                cut["holdout_start"] = start
             return cut
 
         return (events
@@ -269,6 +276,55 @@ class TimeCutoffs(beam.PTransform):
                 | "BatchTimestamps" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
                 | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(1001, input_batched=True)
                 | "QuantilesToCutoffs" >> beam.Map(to_cutoffs))
+
+
+def holdout_start(train_quantiles: Sequence[int]) -> Optional[int]:
+    """The first timestamp of the train window's latest 1 in `artifacts.HOLDOUT_BUCKETS` events, from the
+    i/n quantiles of its event times (n + 1 of them, sorted); None when there are none, or when coarse
+    timestamps (days) tie so many events at the cutoff that the holdout would pass twice its share or hold
+    every event (the holdout is then by hash: `in_holdout`)."""
+    n = len(train_quantiles) - 1
+    if n < 1:
+        return None
+    start = int(train_quantiles[min(int(round(n * (1 - 1 / artifacts.HOLDOUT_BUCKETS))), n - 1)])
+    first = bisect.bisect_left(train_quantiles, start)  # the share of events before `start` is about first / n
+    if first == 0 or 1 - first / n > 2 / artifacts.HOLDOUT_BUCKETS:
+        return None
+    return start
+
+
+class TrainHoldoutStart(beam.PTransform):
+    """`{'holdout_start': ts}` for a time split at a given `eval_start`: the start of the latest 1 in
+    `artifacts.HOLDOUT_BUCKETS` train events (`holdout_start`) from approximate quantiles of the times of the
+    events before `eval_start`; {} when there are none or ties at the cutoff hold too many."""
+
+    def __init__(self, eval_start: int):
+        super().__init__()
+        self._eval_start = eval_start
+
+    def expand(self, events):
+        eval_start = self._eval_start
+
+        def to_start(quantiles):
+            start = holdout_start(quantiles or [])
+            return {} if start is None else {"holdout_start": start}
+
+        return (events
+                | "TimestampsOfTrainEvents" >> beam.FlatMap(
+                    lambda e: [e["timestamp"]] if e["timestamp"] < eval_start else [])
+                | "BatchTimestamps" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
+                | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(1001, input_batched=True)
+                | "QuantilesToHoldoutStart" >> beam.Map(to_start))
+
+
+def in_holdout(record: dict, start: Optional[int]) -> bool:
+    """Whether a train record is held out for validation: at or after `start` (a time split's
+    `holdout_start`), else when `start` is None one in `artifacts.HOLDOUT_BUCKETS` by a hash of the record's
+    user, item, domain and time, the same on every run and runner."""
+    if start is not None:
+        return record[fs.TIMESTAMP] >= start
+    key = "\x1f".join(str(record[k]) for k in (fs.USER_ID, fs.ITEM_ID, fs.DOMAIN, fs.TIMESTAMP)).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") % artifacts.HOLDOUT_BUCKETS == 0
 
 
 class SplitEvents(beam.PTransform):

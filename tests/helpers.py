@@ -23,14 +23,15 @@ def run_job(source, input, output, beam_args=None, progress_callback=None, progr
                                  progress_callback=progress_callback, progress_every=progress_every)
 
 
-def read_records(data_dir, split):
-    """Every record of a split, read back with tf.data and parsed with the job's feature spec."""
+def read_records(data_dir, split, prefix=""):
+    """Every record of a split (with `prefix`, of its shards under it), read back with tf.data and parsed
+    with the job's feature spec."""
     import tensorflow as tf
 
     from mdr_contract.feature_spec import FeatureSpec
 
     spec = FeatureSpec.load(data_dir)
-    files = sorted(glob.glob(os.path.join(data_dir, split, "*.tfrecord.gz")))
+    files = sorted(glob.glob(os.path.join(data_dir, split, prefix + "*.tfrecord.gz")))
     parse = spec.tf_parse_spec() if split != "items" else spec.tf_parse_spec(
         [f.name for f in spec.by_role("item", "domain", "item_domain_stat")])
     out = []

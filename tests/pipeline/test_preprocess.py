@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from mdr_contract import artifacts
 from mdr_contract.feature_spec import FeatureSpec
 from pipeline import preprocess
 from pipeline.sources import InputError
@@ -113,6 +114,28 @@ def test_synthetic_job_counts_and_readback(synthetic_data):
     # The cutoffs came from a first pass (preprocess.compute_time_cutoffs), whose answer file is gone.
     assert meta["config"]["eval_start"] == str(cut)
     assert not os.path.exists(os.path.join(out, preprocess.TIME_CUTOFFS_FILE))
+    _check_time_holdout(out, meta, train)
+
+
+def _check_time_holdout(out, meta, train):
+    """The train window's latest 1 in 20 records are written apart (holdout-* shards), counted in train."""
+    held = helpers.read_records(out, "train", artifacts.HOLDOUT_PREFIX)
+    rest = helpers.read_records(out, "train", artifacts.RECORD_PREFIX)
+    start = meta["holdout"]["start"]
+    assert meta["holdout"]["rule"] == "time" and len(held) + len(rest) == len(train)
+    assert max(r["timestamp"] for r in rest) < start == min(r["timestamp"] for r in held)
+    assert meta["holdout"]["rows"] == len(held) and 0.04 < len(held) / len(train) < 0.06
+    assert meta["holdout"]["rows_per_domain"] == {d: sum(r["domain"] == d for r in held) for d in meta["domains"]}
+
+
+def test_time_split_at_a_given_cutoff_holds_out_the_latest_train_records(tmp_path, synthetic_raw, synthetic_data):
+    _, computed = synthetic_data
+    out = str(tmp_path / "given")
+    meta = helpers.run_job("synthetic", synthetic_raw, out, sequence_length=8,
+                           eval_start=str(computed["time_cutoffs"]["eval_start"]))
+    # The same train window as the computed cutoff's: a first pass of its own finds the holdout's start.
+    assert meta["rows_written_per_split"] == computed["rows_written_per_split"]
+    _check_time_holdout(out, meta, helpers.read_records(out, "train"))
 
 
 def test_random_split_is_seeded(tmp_path, synthetic_raw):
@@ -120,6 +143,9 @@ def test_random_split_is_seeded(tmp_path, synthetic_raw):
     b = helpers.run_job("synthetic", synthetic_raw, str(tmp_path / "b"), split="random", seed=7)
     assert a["rows_written_per_split_domain"] == b["rows_written_per_split_domain"]
     assert a["split_rule"] == "random"
+    # Not split by time: the train records held out for validation are 1 in 20 by hash, the same each run.
+    assert a["holdout"] == b["holdout"] and a["holdout"]["rule"] == "hash" and a["holdout"]["start"] is None
+    assert 0.03 < a["holdout"]["rows"] / a["rows_written_per_split"]["train"] < 0.07
     n = a["rows_written"]
     for split, ratio in zip(("train", "eval", "test"), (0.8, 0.1, 0.1)):
         assert abs(a["rows_written_per_split"][split] / n - ratio) < 0.02

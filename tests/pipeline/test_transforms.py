@@ -73,6 +73,38 @@ def test_time_cutoffs_by_fraction_and_of_no_events():
         assert_that(cut, equal_to([{}]))
 
 
+def test_time_cutoffs_and_train_holdout_start():
+    with TestPipeline() as p:
+        cut = p | beam.Create([{"timestamp": ts} for ts in range(1000)]) | T.TimeCutoffs(0.2, 0.1)
+        # train is 0..699 (before the 0.7 quantile): its latest 1 in 20 from its 0.95 quantile, 665, to within one
+        assert_that(cut | beam.Map(lambda c: 664 <= c["holdout_start"] <= 666), equal_to([True]))
+    with TestPipeline() as p:
+        events = p | beam.Create([{"timestamp": ts} for ts in range(1000)])
+        # eval given from 800: train is 0..799, its 0.95 quantile 760 (to within one value)
+        start = events | "Given" >> T.TrainHoldoutStart(800)
+        assert_that(start | beam.Map(lambda c: 759 <= c["holdout_start"] <= 761), equal_to([True]))
+        assert_that(events | "NoTrain" >> T.TrainHoldoutStart(0), equal_to([{}]), label="CheckNoTrain")
+
+
+def test_holdout_start_from_quantiles_unless_ties_hold_too_many():
+    # The i/100 quantiles of 0..100: the 0.95 one is 95, and 5 of the 100 steps lie after it.
+    assert T.holdout_start(list(range(101))) == 95
+    # Days: day 2 from the 0.90 quantile on -> the start is day 2, 10% held out (within twice 5%).
+    assert T.holdout_start([1] * 90 + [2] * 11) == 2
+    # Day 2 from the 0.80 quantile: 20% held (over twice the share); one day only: every event held.
+    assert T.holdout_start([1] * 80 + [2] * 21) is None and T.holdout_start([7] * 101) is None
+    assert T.holdout_start([]) is None and T.holdout_start([3]) is None
+
+
+def test_in_holdout_by_time_or_by_a_fixed_hash():
+    rec = {fs.USER_ID: "u", fs.ITEM_ID: "i", fs.DOMAIN: "a", fs.TIMESTAMP: 50}
+    assert T.in_holdout(rec, 50) and not T.in_holdout(rec, 51)
+    recs = [{**rec, fs.USER_ID: f"u{n}"} for n in range(4000)]
+    held = [T.in_holdout(r, None) for r in recs]
+    assert 0.04 < sum(held) / len(recs) < 0.06  # one in 20, about
+    assert held == [T.in_holdout(r, None) for r in recs]  # the same on every call (no salt, no process seed)
+
+
 def test_random_unit_depends_on_file_name_not_folder():
     assert T.random_unit(1, "/a/x.csv:3") == T.random_unit(1, "gs://b/x.csv:3")
     assert T.random_unit(1, "/a/x.csv:3") != T.random_unit(2, "/a/x.csv:3")
