@@ -95,13 +95,17 @@ def check_models(labels, task, data_dir, args):
             raise ValueError(f"model variant {label!r}: {e}") from None
 
 
+def run_folder(label, seed=0, seed_suffix=False):
+    """The model folder's name of a model variant (and seed)."""
+    # Only plain characters: TensorFlow reads checkpoints by glob, where "[256]" is a pattern.
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label.replace(":", "__")) + (f"_seed{seed}" if seed_suffix else "")
+
+
 def run_one(label, task, data_dir, out_dir, args, strategy, seed=0, seed_suffix=False):
     from mdr_keras import training
 
     config = train_config(label, task, args, seed)
-    # Only plain characters: TensorFlow reads checkpoints by glob, where "[256]" is a pattern.
-    folder = re.sub(r"[^A-Za-z0-9_.-]+", "-", label.replace(":", "__")) + (f"_seed{seed}" if seed_suffix else "")
-    model_dir = os.path.join(out_dir, folder)
+    model_dir = os.path.join(out_dir, run_folder(label, seed, seed_suffix))
     summary = training.train(data_dir, model_dir, config, strategy=strategy, verbose=0)
     metrics = training.evaluate(model_dir, data_dir, args.split, ks=args.ks, **_protocol(args))
     rows = training.split_rows(data_dir, "train") * summary["epochs_run"]
