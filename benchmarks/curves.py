@@ -42,8 +42,9 @@ def _recall_callback(data_dir: str, split: str, k: int, rows: list):
 
 
 def stopped_at(validation, patience: int) -> int:
-    """The epoch (from 1) early stopping with `patience` restores on the `validation` curve: the best so
-    far when `patience` epochs in a row have not improved on it, else the best of them all."""
+    """The epoch (from 1) early stopping with `patience` restores on the `validation` curve (from epoch
+    1): the best so far when `patience` epochs in a row have not improved on it, else the best of them all,
+    as `keras.callbacks.EarlyStopping(restore_best_weights=True)` does."""
     best, waited = 0, 0
     for i, v in enumerate(validation):
         if v > validation[best] or i == 0:
@@ -64,7 +65,7 @@ def table(runs, split: str, k: int, markdown: bool = False) -> str:
     lines = []
     for run in runs:
         curve = run["curve"]
-        best = max(range(len(curve)), key=lambda i: curve[i]["overall"]) + 1
+        best = max(curve, key=lambda row: row["overall"])["epoch"]
         for row in curve:
             mark = ", ".join(m for m, e in (("stopped", run["stopped_at"]), (f"best on {split}", best))
                              if e == row["epoch"])
@@ -117,7 +118,7 @@ def main(argv=None) -> int:
                                      verbose=0, callbacks=[_recall_callback(args.data, split, k, curve)])
             runs.append({"model": label, "seed": seed, "validation_split": summary["validation"],
                          "holdout_start": summary.get("holdout_start"), "curve": curve,
-                         "stopped_at": stopped_at([r["validation"] for r in curve], recipe.patience)})
+                         "stopped_at": curve[stopped_at([r["validation"] for r in curve], recipe.patience) - 1]["epoch"]})
             with open(os.path.join(args.output, "curves.json"), "w") as f:
                 json.dump({"args": vars(args), "runs": runs}, f, indent=2)
     validation = ", ".join(sorted({r["validation_split"] for r in runs}))

@@ -31,6 +31,7 @@ def validation_rows(validation: str):
 def holdout_of(data_dir: str) -> Optional[dict]:
     """`metadata.json`'s "holdout": the train records the job wrote apart for validation (`rule` "time" or
     "hash", the time `start`, `rows`, `rows_per_domain`); None for a folder written before it did."""
+    files.check_complete(data_dir)
     return json.loads(files.read_text(os.path.join(data_dir, artifacts.METADATA))).get("holdout")
 
 
@@ -40,10 +41,10 @@ def holdout_start(data_dir: str) -> Optional[int]:
     when ties at that quantile would hold out more than twice the share (the holdout is then by hash).
     The job's when it wrote the holdout apart (`holdout_of`), else read from the train split."""
     metadata = files.read_text(os.path.join(data_dir, artifacts.METADATA))
-    written = json.loads(metadata).get("holdout")
-    if written is not None:
-        return written["start"]
-    if json.loads(metadata).get("split_rule") != "time" or fs.TIMESTAMP not in fs.FeatureSpec.load(data_dir):
+    meta = json.loads(metadata)
+    if "holdout" in meta:
+        return meta["holdout"]["start"]
+    if meta.get("split_rule") != "time" or fs.TIMESTAMP not in fs.FeatureSpec.load(data_dir):
         return None
     return _train_time_quantile(data_dir, metadata)
 

@@ -11,12 +11,15 @@ DirectRunner runs with one worker per core (and no attempt to download the Prism
 
 Output layout (the names are `mdr_contract.artifacts`'):
     train/ eval/ test/   part-*.tfrecord.gz   gzip TFRecords of tf.train.Example (one interaction each)
+    train/               holdout-*.tfrecord.gz  1 train record in 20, written apart: the validation rows of
+                                              data without a test split (the latest of a time split)
     items/               part-*.tfrecord.gz   the item corpus: one record per (item, domain)
     store/               part-*.tfrecord.gz   the feature store: one record per (user, domain)
     rejected/            rejected-*.jsonl     {"ref": "file:line", "reason": ..., "raw": ...}
     vocab/<feature>.txt                       vocabularies, most frequent first
     feature_spec.json                         the concrete spec models are built from
-    metadata.json                             counts (rows_read = rows_written + rows_rejected), domain priors
+    metadata.json                             counts (rows_read = rows_written + rows_rejected), domain priors,
+                                              the split rule, time cutoffs and holdout
     _SUCCESS                                  written last: the output is complete
 """
 from __future__ import annotations
@@ -517,7 +520,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train/eval split: by time cutoff, or random with --seed and --ratios")
     parser.add_argument("--seed", type=int, default=2022, help="seed of the random split")
     parser.add_argument("--ratios", default="0.8,0.1,0.1", help="train,eval[,test] fractions (random split)")
-    parser.add_argument("--eval-start", help="time split: first eval timestamp (seconds or ISO date)")
+    parser.add_argument("--eval-start", help="time split: first eval timestamp (seconds or ISO date); a first "
+                        "pass over the input still finds where the train rows held out for validation begin")
     parser.add_argument("--test-start", help="time split: first test timestamp (seconds or ISO date)")
     parser.add_argument("--eval-fraction", type=float, default=0.1,
                         help="time split without --eval-start: fraction of events in eval")

@@ -261,13 +261,15 @@ class TimeCutoffs(beam.PTransform):
         def to_cutoffs(quantiles):
             if not quantiles:
                 return {}
-            # quantiles[i] is the i/1000 quantile of the event times; those up to eval_start, the train window's.
-            eval_at = int(round(eval_q * 1000))
-            cut = {"eval_start": int(quantiles[eval_at])}
+            # quantiles[i] is the i/1000 quantile of the event times.
+            cut = {"eval_start": int(quantiles[int(round(eval_q * 1000))])}
             if with_test:
                 cut["test_start"] = int(quantiles[int(round(test_q * 1000))])
-            start = holdout_start(quantiles[:eval_at + 1])
-            if start is not None:
+            # The train window's quantiles: those before eval_start (times tied at the cutoff are eval's),
+            # and eval_start closing it.
+            end = bisect.bisect_left(quantiles, cut["eval_start"])
+            start = holdout_start(quantiles[:end + 1])
+            if start is not None and start < cut["eval_start"]:
                 cut["holdout_start"] = start
             return cut
 

@@ -1,6 +1,11 @@
 """benchmarks.curves: the epoch early stopping restores, the table's marks, and a real two-epoch run."""
 import json
 import os
+import types
+
+import numpy as np
+import pytest
+import tf_keras as keras
 
 from benchmarks import curves
 
@@ -11,6 +16,20 @@ def test_stopped_at_is_the_epoch_early_stopping_restores():
     curve = [0.1, 0.3, 0.2, 0.25, 0.4]
     assert curves.stopped_at(curve, 2) == 2 and curves.stopped_at(curve, 3) == 5 and curves.stopped_at(curve, 0) == 5
     assert curves.stopped_at([0.5, 0.5, 0.5], 1) == 1  # a tie is no improvement
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3])
+def test_stopped_at_agrees_with_keras_early_stopping(patience):
+    rng = np.random.default_rng(patience)
+    for curve in [list(rng.random(12)) for _ in range(20)] + [[0.1, 0.3, 0.2, 0.25, 0.4], [0.5] * 6]:
+        stopping = keras.callbacks.EarlyStopping(monitor="v", mode="max", patience=patience)
+        stopping.set_model(types.SimpleNamespace(stop_training=False))
+        stopping.on_train_begin()
+        for epoch, value in enumerate(curve):
+            stopping.on_epoch_end(epoch, {"v": value})
+            if stopping.model.stop_training:
+                break
+        assert curves.stopped_at(curve, patience) == stopping.best_epoch + 1
 
 
 def _row(epoch, validation, overall):
@@ -34,7 +53,8 @@ def test_a_run_records_both_curves_every_epoch(synthetic_data, tmp_path, capsys)
         (run,) = json.load(f)["runs"]
     # No test split: early stopping watches the train split's holdout, the latest rows of a time split.
     assert run["validation_split"] == "holdout" and run["holdout_start"] is not None
-    assert [r["epoch"] for r in run["curve"]] == [1, 2] and run["stopped_at"] in (1, 2)
+    assert [r["epoch"] for r in run["curve"]] == [1, 2]
+    assert run["stopped_at"] == (1 if run["curve"][1]["validation"] <= run["curve"][0]["validation"] else 2)
     for r in run["curve"]:
         assert 0 <= r["validation"] <= 1 and 0 <= r["overall"] <= 1 and set(r["per_domain"]) == {"d0", "d1", "d2"}
     assert "validation rows: holdout; reported split: eval" in capsys.readouterr().out

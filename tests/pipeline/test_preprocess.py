@@ -151,6 +151,27 @@ def test_random_split_is_seeded(tmp_path, synthetic_raw):
         assert abs(a["rows_written_per_split"][split] / n - ratio) < 0.02
 
 
+def test_split_column_holds_out_by_hash(tmp_path, synthetic_raw):
+    # The synthetic log with a split column: rows before the given time are train, the rest eval.
+    meta = helpers.run_job("synthetic", synthetic_raw, str(tmp_path / "time"))
+    cut = meta["time_cutoffs"]["eval_start"]
+    path = str(tmp_path / "events.csv")
+    rows = [r for r in helpers.read_records(str(tmp_path / "time"), "train")]
+    rows += helpers.read_records(str(tmp_path / "time"), "eval")
+    with open(path, "w") as f:
+        f.write("user,item,domain,label,ts,part\n")
+        f.writelines(f"{r['user_id']},{r['item_id']},{r['domain']},{r['label']},{r['timestamp']},"
+                     f"{'train' if r['timestamp'] < cut else 'eval'}\n" for r in rows)
+    mapping = {"user": "user", "item": "item", "domain": "domain", "label": "label", "timestamp": "ts",
+               "split": "part"}
+    col = helpers.run_job("csv", path, str(tmp_path / "column"), mapping=json.dumps(mapping))
+    # The column decided the split, not a time cutoff: the held-out train rows are 1 in 20 by hash.
+    assert col["split_rule"] == "column" and col["rows_written_per_split"] == meta["rows_written_per_split"]
+    assert col["holdout"]["rule"] == "hash" and col["holdout"]["start"] is None
+    assert 0.03 < col["holdout"]["rows"] / col["rows_written_per_split"]["train"] < 0.07
+    assert col["holdout"]["rows"] == len(helpers.read_records(str(tmp_path / "column"), "train", artifacts.HOLDOUT_PREFIX))
+
+
 def test_default_local_runner_with_worker_processes(tmp_path):
     meta = helpers.run_job("csv", helpers.SAMPLE_CSV, str(tmp_path / "mp"), mapping=helpers.SAMPLE_MAPPING,
                            beam_args=[])

@@ -84,6 +84,11 @@ def test_time_cutoffs_and_train_holdout_start():
         start = events | "Given" >> T.TrainHoldoutStart(800)
         assert_that(start | beam.Map(lambda c: 759 <= c["holdout_start"] <= 761), equal_to([True]))
         assert_that(events | "NoTrain" >> T.TrainHoldoutStart(0), equal_to([{}]), label="CheckNoTrain")
+    with TestPipeline() as p:
+        # Days: 640 events on day 1, 360 on day 2. The 0.7 quantile is day 2, so eval starts there and train
+        # is day 1 alone: every train event tied, no latest 1 in 20 to hold out by time (the job uses a hash).
+        cut = p | beam.Create([{"timestamp": 1}] * 640 + [{"timestamp": 2}] * 360) | T.TimeCutoffs(0.3)
+        assert_that(cut, equal_to([{"eval_start": 2}]))
 
 
 def test_holdout_start_from_quantiles_unless_ties_hold_too_many():
