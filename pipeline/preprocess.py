@@ -570,6 +570,11 @@ def summary(metadata: dict) -> str:
     for split, per_domain in metadata["rows_written_per_split_domain"].items():
         if sum(per_domain.values()):
             lines.append(f"  {split:5s} " + "  ".join(f"{d}={n:,}" for d, n in per_domain.items()))
+    held = metadata.get("holdout")
+    if held:  # what training validates on when there is no test split
+        which = f"the latest, from timestamp {held['start']}" if held["rule"] == "time" else "by hash"
+        lines.append(f"  of train, held out for validation: {held['rows']:,} rows (1 in "
+                     f"{artifacts.HOLDOUT_BUCKETS}, {which})")
     for reason, n in metadata["rows_rejected_per_reason"].items():
         lines.append(f"  rejected: {reason}: {n:,}")
     lines.append("  items per domain: " + "  ".join(f"{d}={n:,}" for d, n in metadata["items_per_domain"].items()))

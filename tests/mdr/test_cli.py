@@ -20,6 +20,9 @@ def test_generate_then_preprocess_in_process(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "rejected 0" in printed
     meta = json.load(open(os.path.join(out, "metadata.json")))
+    held = meta["holdout"]
+    assert (f"of train, held out for validation: {held['rows']:,} rows (1 in 20, the latest, from timestamp "
+            f"{held['start']})") in printed
     assert meta["rows_read"] == meta["rows_written"] > 0
     # the live progress line, last printed with the job's own counts
     assert f"rows read {meta['rows_read']:,} · rows rejected 0 · records built {meta['rows_written']:,}" in printed
