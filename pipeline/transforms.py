@@ -238,6 +238,15 @@ def random_unit(seed: int, ref: str) -> float:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2.0 ** 64
 
 
+class _TimeQuantiles(beam.PTransform):
+    """Timestamps -> a singleton list of their approximate i/1000 quantiles (1001 of them; [] for none)."""
+
+    def expand(self, stamps):
+        return (stamps
+                | "BatchTimestamps" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
+                | "ApproximateQuantiles" >> beam.ApproximateQuantiles.Globally(1001, input_batched=True))
+
+
 class TimeCutoffs(beam.PTransform):
     """The time cutoffs that leave `eval_fraction` (and `test_fraction`) of the events after them: a
     singleton dict {'eval_start': ts[, 'test_start': ts][, 'holdout_start': ts]} from approximate quantiles
@@ -275,8 +284,7 @@ class TimeCutoffs(beam.PTransform):
 
         return (events
                 | "TimestampsOfEvents" >> beam.Map(lambda e: e["timestamp"])
-                | "BatchTimestamps" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
-                | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(1001, input_batched=True)
+                | "TimeQuantiles" >> _TimeQuantiles()
                 | "QuantilesToCutoffs" >> beam.Map(to_cutoffs))
 
 
@@ -314,8 +322,7 @@ class TrainHoldoutStart(beam.PTransform):
         return (events
                 | "TimestampsOfTrainEvents" >> beam.FlatMap(
                     lambda e: [e["timestamp"]] if e["timestamp"] < eval_start else [])
-                | "BatchTimestamps" >> beam.BatchElements(min_batch_size=1024, max_batch_size=65536)
-                | "TimeQuantiles" >> beam.ApproximateQuantiles.Globally(1001, input_batched=True)
+                | "TimeQuantiles" >> _TimeQuantiles()
                 | "QuantilesToHoldoutStart" >> beam.Map(to_start))
 
 
