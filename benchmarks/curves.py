@@ -21,7 +21,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import results as results_files  # noqa: E402
-from benchmarks.models import parse_models, parse_seeds, run_folder, train_config  # noqa: E402
+from benchmarks.models import check_models, parse_models, parse_seeds, run_folder, train_config  # noqa: E402
 
 
 def _recall_callback(data_dir: str, split: str, k: int, rows: list):
@@ -89,25 +89,35 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="runs/bench/curves", help="folder for the model folders and curves.json")
     parser.add_argument("--results", help="also write benchmarks/results/NAME.json and NAME.md (the docs' tables)")
     args = parser.parse_args(argv)
-    try:
-        labels, seeds = parse_models(args.models), parse_seeds(args.seeds)
-        if args.results:
-            results_files.check_name(args.results)
-        if args.epochs < 1:
-            raise ValueError(f"--epochs must be >= 1. Received: --epochs {args.epochs}")
-    except ValueError as e:
-        print(f"benchmarks.curves: error: {e}", file=sys.stderr)
-        return 2
 
     from mdr_keras import training
 
     recipe = training.TrainConfig()
-    split = args.split or training.report_split(args.data)
-    k = training.RETRIEVAL_MONITOR_K
     # The recipe's settings, but every epoch run: the curve past the epoch early stopping would end at.
     settings = argparse.Namespace(epochs=args.epochs, batch_size=recipe.batch_size, learning_rate=recipe.learning_rate,
                                   lr_schedule=recipe.lr_schedule, weight_decay=recipe.weight_decay, patience=0,
                                   validation_split=recipe.validation_split, mixed_precision=False)
+    try:  # every check before the first model trains
+        labels, seeds = parse_models(args.models), parse_seeds(args.seeds)
+        if not labels:
+            raise ValueError(f"--models names no model. Received: --models {args.models!r}")
+        if args.results:
+            results_files.check_name(args.results)
+        if args.epochs < 1:
+            raise ValueError(f"--epochs must be >= 1. Received: --epochs {args.epochs}")
+        split = args.split or training.report_split(args.data)
+        if not training.split_rows(args.data, split):
+            raise ValueError(f"--split {split}: {args.data} has no rows there")
+        check_models(labels, "retrieval", args.data, settings)
+        for label in labels:
+            for seed in seeds:
+                folder = os.path.join(args.output, run_folder(label, seed, len(seeds) > 1))
+                if os.path.exists(folder):  # training would resume there, and the curve miss its first epochs
+                    raise ValueError(f"{folder} exists: remove it or give another --output")
+    except (ValueError, FileNotFoundError) as e:
+        print(f"benchmarks.curves: error: {e}", file=sys.stderr)
+        return 2
+    k = training.RETRIEVAL_MONITOR_K
     os.makedirs(args.output, exist_ok=True)
     runs = []
     for seed in seeds:
@@ -118,7 +128,7 @@ def main(argv=None) -> int:
                                      verbose=0, callbacks=[_recall_callback(args.data, split, k, curve)])
             runs.append({"model": label, "seed": seed, "validation_split": summary["validation"],
                          "holdout_start": summary.get("holdout_start"), "curve": curve,
-                         "stopped_at": curve[stopped_at([r["validation"] for r in curve], recipe.patience) - 1]["epoch"]})
+                         "stopped_at": stopped_at([r["validation"] for r in curve], recipe.patience)})
             with open(os.path.join(args.output, "curves.json"), "w") as f:
                 json.dump({"args": vars(args), "runs": runs}, f, indent=2)
     validation = ", ".join(sorted({r["validation_split"] for r in runs}))

@@ -58,4 +58,10 @@ def test_a_run_records_both_curves_every_epoch(synthetic_data, tmp_path, capsys)
     for r in run["curve"]:
         assert 0 <= r["validation"] <= 1 and 0 <= r["overall"] <= 1 and set(r["per_domain"]) == {"d0", "d1", "d2"}
     assert "validation rows: holdout; reported split: eval" in capsys.readouterr().out
-    assert curves.main(["--data", data_dir, "--models", "dnn-domain", "--epochs", "0"]) == 2
+    # Refused before any training: a rerun into the same folders (it would resume, the curve missing its
+    # first epochs), no epochs, no model, a split without rows, a bad variant.
+    for bad, message in [([], "exists: remove it"), (["--epochs", "0"], "--epochs must be >= 1"),
+                         (["--models", ","], "--models names no model"), (["--split", "test"], "--split test:"),
+                         (["--models", "adi:fusion=star"], "model variant 'adi:fusion=star'")]:
+        argv = ["--data", data_dir, "--models", "dnn-domain", "--epochs", "2", "--output", out] + bad
+        assert curves.main(argv) == 2 and message in capsys.readouterr().err
