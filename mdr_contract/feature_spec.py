@@ -62,7 +62,8 @@ MISSING_TIMESTAMP = -1
 
 # Statistic features, computed by the job on the training window only.
 USER_DOMAIN_STATS = ("user_domain_events", "user_domain_clicks", "user_domain_ctr")
-ITEM_DOMAIN_STATS = ("item_domain_impressions", "item_domain_clicks", "item_domain_ctr")
+ITEM_DOMAIN_CLICKS = "item_domain_clicks"  # also the in-batch sampling frequency of retrieval's logQ
+ITEM_DOMAIN_STATS = ("item_domain_impressions", ITEM_DOMAIN_CLICKS, "item_domain_ctr")
 # Smoothing strength of the CTR statistics: a key with n impressions gets (clicks + A*p) / (n + A),
 # p the domain's training CTR, so rare keys do not get CTRs of exactly 0 or 1.
 CTR_PRIOR_STRENGTH = 5.0

@@ -112,7 +112,8 @@ def test_adi_beats_the_domain_blind_dnn_on_a_planted_id_only_world(tmp_path):
 
 
 @pytest.mark.parametrize("model,config", [("adi", {}), ("adi", {"self_training": True}), ("star", {}),
-                                          ("dnn", {}), ("adi", {"item_backbone": "dnn"})])
+                                          ("dnn", {}), ("adi", {"item_backbone": "dnn"}),
+                                          ("dnn-domain", {"popularity_prior": 1.0})])
 def test_model_config_round_trip_same_embeddings(synthetic_data, model, config):
     from tests.mdr_keras.layer_checks import assert_config_round_trip
 
@@ -168,3 +169,41 @@ def test_adis_dropout_is_fused_dropout_and_reaches_both_backbones(synthetic_data
 def test_retrieval_config_rejects_out_of_range_settings_naming_them(field, value, message):
     with pytest.raises(ValueError, match=message):
         RetrievalConfig(**{field: value})
+
+
+@pytest.mark.parametrize("model", ["adi", "dnn-single"])
+def test_popularity_prior_adds_the_log_clicks_to_every_score_and_leaves_training_uncorrected(synthetic_data, model):
+    out, _ = synthetic_data
+    spec = fs.FeatureSpec.load(out)
+    batch = next(iter(data.make_dataset(out, "train", 16)))
+    batch = {k: v for k, v in batch.items()}
+    plain = build_retrieval_model(spec, model, RetrievalConfig())
+    prior = build_retrieval_model(spec, model, RetrievalConfig(popularity_prior=0.5))
+    plain(batch), prior(batch)
+    prior.set_weights(plain.get_weights())
+    user, item = plain.user_embedding(batch).numpy(), plain.item_embedding(batch).numpy()
+    user_p, item_p = prior.user_embedding(batch).numpy(), prior.item_embedding(batch).numpy()
+    clicks = batch[fs.ITEM_DOMAIN_CLICKS].numpy().reshape(-1)
+    # One unit more on each side: the user's 1, the item's prior * temperature * log(clicks + 1); e.g. 7 clicks
+    # at temperature 0.05: 0.5 * 0.05 * log(8) = 0.0520, so the dot product (the logit times 0.05) gains 0.0520.
+    assert user_p.shape == (16, user.shape[1] + 1) and item_p.shape == (16, item.shape[1] + 1)
+    np.testing.assert_allclose(user_p[:, -1], 1.0)
+    np.testing.assert_allclose(item_p[:, -1], 0.5 * 0.05 * np.log(clicks + 1.0), rtol=1e-5)
+    np.testing.assert_allclose((user_p * item_p).sum(-1) - (user * item).sum(-1),
+                               0.5 * 0.05 * np.log(clicks + 1.0), rtol=1e-4, atol=1e-6)
+    # Training: the prior's share of log Q is taken out of the correction, so the loss is the plain model's
+    # with the logQ correction scaled by 1 - prior.
+    full = build_retrieval_model(spec, model, RetrievalConfig(popularity_prior=1.0))
+    full(batch)
+    full.set_weights(plain.get_weights())
+    task = plain.task
+    positive = batch[fs.LABEL].numpy().reshape(-1) == 1
+    rows = {k: v.numpy()[positive] for k, v in batch.items()}
+    u, v, dom = plain.towers(rows)
+    uncorrected = task({"query": u, "candidate": v, "candidate_ids": rows[fs.ITEM_ID], "domain": dom})
+    np.testing.assert_allclose(float(full.compute_task_loss(batch, training=False)), float(uncorrected), rtol=1e-4)
+    assert float(plain.compute_task_loss(batch, training=False)) != pytest.approx(float(uncorrected), rel=1e-3)
+    with pytest.raises(ValueError, match="popularity_prior"):
+        build_retrieval_model(spec, "dnn", RetrievalConfig(popularity_prior=1.0))
+    with pytest.raises(ValueError, match="popularity_prior"):
+        RetrievalConfig(popularity_prior=1.0, self_training=True)
