@@ -41,7 +41,9 @@ def sample_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_models(synthetic_data, tmp_path_factory):
     """A tiny ADI retrieval model and a tiny ranker trained 3 steps each on `synthetic_data` (read-only:
-    tests export and serve them, never retrain them): (data_dir, retrieval_dir, ranker_dir)."""
+    tests export and serve them, never retrain them): (data_dir, retrieval_dir, ranker_dir). The ADI has the
+    popularity prior, so the exported towers, indexes and servers are tested with its extra unit (the
+    default models are exported by the CLI's tests)."""
     from mdr_keras import training
 
     data_dir, _ = synthetic_data
@@ -50,7 +52,7 @@ def tiny_models(synthetic_data, tmp_path_factory):
     common = dict(epochs=1, steps_per_epoch=3, batch_size=64, patience=0, validation_split="")
     training.train(data_dir, retrieval_dir, training.TrainConfig(
         model="adi", model_config={"embedding_dim": 8, "tower_units": [16, 8], "shared_units": [16],
-                                   "specific_units": [16]}, **common), verbose=0)
+                                   "specific_units": [16], "popularity_prior": 1.0}, **common), verbose=0)
     training.train(data_dir, ranker_dir, training.TrainConfig(
         model="ranker", model_config={"embedding_dim": 8, "mlp_units": [16]}, **common), verbose=0)
     return data_dir, retrieval_dir, ranker_dir
