@@ -131,7 +131,7 @@ def test_scann_vs_exact_on_a_trained_models_vectors_with_a_tuned_index(tiny_mode
     rows = table_rows(capsys.readouterr().out)
     tuned = [cells for name, cells in rows.items() if name.startswith("ScaNN (tuned for recall 0.9")]
     assert len(tuned) == 1 and number(tuned[0][4]) >= 0.9, rows  # recall@K of the tuned index
-    assert int(tuned[0][1]) == 8  # the tiny model's embedding size, not --dim
+    assert int(tuned[0][1]) == 8 + 1  # the tiny model's embedding size (8, and the popularity prior's unit), not --dim
     saved = json.loads(out.read_text())
     assert saved["vectors"] == "model" and saved["target_recall"] == 0.9 and len(saved["results"]) == 3
     assert all(r["queries_per_second"]["8"] > 0 for r in saved["results"])

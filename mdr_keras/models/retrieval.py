@@ -39,8 +39,8 @@ class RetrievalConfig:
     Args:
         embedding_dim: feature embedding size.
         tower_units: output network of the baselines' towers (Shared-Bottom, MMoE, PLE); its last
-            width is every model's retrieval embedding size.
-        temperature: softmax temperature over cosine similarities.
+            width is every model's retrieval embedding size (one unit more with `popularity_prior`).
+        temperature: softmax temperature over cosine similarities (dot products of the towers' unit vectors).
         l2: L2 regularization of the embedding tables.
         dropout: dropout in the baselines' hidden layers (ADI's is `fused_dropout`).
         num_shared, shared_units, specific_units, fusion, bn_momentum, attention,
@@ -103,19 +103,20 @@ class RetrievalConfig:
             0.7297 / 0.8803 and dnn-domain with ADI's item tower 0.7282 / 0.8840, against ADI's 0.7250 /
             0.8796 and dnn-domain's 0.7272 / 0.8793 (6 seeds):
             neither tower separates them (docs/results.md, "The planted id-only world again").
-        popularity_prior: a share `a` in [0, 1] of each score carried by the item's popularity in the domain
+        popularity_prior: a share `a` in [0, 1] of each logit carried by the item's popularity in the domain
             rather than learned: the towers' embeddings get one more unit (the user's 1, the item's
-            `a * temperature * log(item_domain_clicks + 1)`), so every dot product, in training, in
-            evaluation and in the exported towers and index, adds `a * log(clicks + 1)` to the logit, and the
-            logQ correction (which subtracts `log(clicks + 1)`) is left with `1 - a` of it; at 1 the towers
-            train uncorrected and learn what a user likes beyond the domain's bestsellers (Yi et al. 2019's
-            two readings of in-batch softmax, joined). Default 0 (not in the paper; not for the domain-blind
-            `dnn`, nor with self-training). On the planted world of users confined to one domain (3 seeds, eval,
-            overall Recall@50 / @100) ADI scores 0.7430 / 0.8911 with it against 0.7478 / 0.8940 without,
-            dnn-domain 0.7330 / 0.8864 against 0.7310 / 0.8788; it moves every model toward the popularity
-            ranking's strength (sampled Recall@50: ADI 0.9686 against 0.9627, popularity 0.9718) and away from
-            the head of the list (sampled Recall@10: 0.6310 against 0.6406). See docs/results.md ("A
-            popularity prior").
+            `a * temperature * log(item_domain_clicks + 1)`, the job's click statistic of the item in the
+            domain), so every dot product, in training, in evaluation and in the exported towers and index,
+            gains `a * temperature * log(clicks + 1)`, the logit (dot product / temperature) `a * log(clicks +
+            1)`, and the logQ correction (which subtracts `log(clicks + 1)`) keeps `1 - a` of its share; at
+            1 the towers train uncorrected and learn what a user likes beyond the domain's bestsellers (Yi et
+            al. 2019's two readings of in-batch softmax, joined). Default 0 (not in the paper; not for the
+            domain-blind `dnn`, nor with self-training; the index must rank by dot product). On the planted
+            world of users confined to one domain (3 seeds, eval, overall Recall@50 / @100) ADI scores
+            0.7430 / 0.8911 with it against 0.7478 / 0.8940 without, dnn-domain 0.7330 / 0.8864 against
+            0.7310 / 0.8788; it moves both toward the popularity ranking's strength (sampled Recall@50: ADI
+            0.9686 against 0.9627, popularity 0.9718) and costs ADI at the head of the list (sampled
+            Recall@10: 0.6310 against 0.6406). See docs/results.md ("A popularity prior").
     """
 
     embedding_dim: int = 16
@@ -161,9 +162,9 @@ class RetrievalConfig:
         check_real("temperature", self.temperature, 0, low_open=True)
         check_real("popularity_prior", self.popularity_prior, 0, 1)
         if self.popularity_prior and self.self_training:
-            raise ValueError("`popularity_prior` and `self_training` do not go together: a pseudo-positive moved to "
-                             "another domain has no clicks there. Received: popularity_prior="
-                             f"{self.popularity_prior!r}, self_training=True")
+            raise ValueError("`popularity_prior` and `self_training` do not go together: a pseudo-positive scored in "
+                             "another domain would carry its own domain's prior. Received: popularity_prior="
+                             f"{self.popularity_prior!r}, self_training={self.self_training!r}")
 
 
 def tower_features(spec: fs.FeatureSpec) -> Tuple[List[str], List[str], List[str]]:
@@ -184,13 +185,15 @@ class RetrievalModel(keras.Model):
         task: `SampledSoftmaxRetrieval`.
         domains: the spec's domain names (index order), needed by self-training.
         self_training: `(p, delta, p_max)` to train with ADI's self-training, or None.
+        popularity_prior: `RetrievalConfig.popularity_prior` (the extra unit of both towers' embeddings).
 
     Call arguments:
         inputs: dict of raw feature tensors (as `mdr_keras.data.make_dataset` yields them).
         training: training switch for the towers.
 
     Returns:
-        {'user': [B, o], 'item': [B, o]} embeddings of each row's user and item, in the row's domain.
+        {'user': [B, o], 'item': [B, o]} embeddings of each row's user and item, in the row's domain (o is
+        the towers' output width, plus 1 with a popularity prior).
     """
 
     def __init__(self, encoder, embedding, user_tower, item_tower, task, domains=(), self_training=None,
@@ -404,9 +407,6 @@ def build_retrieval_model(spec: fs.FeatureSpec, model: str = "adi", config: Retr
     if blind and config.popularity_prior:
         raise ValueError("The domain-blind `dnn` model reads no per-domain clicks for a popularity prior. "
                          f"Received: popularity_prior={config.popularity_prior!r}")
-    if config.popularity_prior and fs.ITEM_DOMAIN_CLICKS not in item:
-        raise ValueError(f"`popularity_prior` needs the records' `{fs.ITEM_DOMAIN_CLICKS}`, which this spec does not "
-                         f"have. Received: popularity_prior={config.popularity_prior!r}")
     if blind and config.item_backbone not in (None, "dnn"):
         raise ValueError("The domain-blind `dnn` model takes no item backbone that reads the domain. "
                          f"Received: item_backbone={config.item_backbone!r}")

@@ -349,6 +349,20 @@ def test_second_export_adds_version_2_and_keeps_1(exported, trained):
     assert ex.next_version(export_dir) == 3
 
 
+def test_a_popularity_prior_is_exported_and_needs_the_dot_product(trained, expected, tmp_path):
+    data_dir, retrieval_dir, _, _ = trained
+    # The tiny ADI has the prior (tests/conftest.py): its towers' 8 units and the prior's; the item's last unit is
+    # temperature * log(clicks + 1) of the item in its domain (prior 1).
+    model, spec, _ = training.load_model(retrieval_dir)
+    assert model.popularity_prior == 1.0
+    assert expected["user"].shape[1] == expected["item"].shape[1] == 8 + 1
+    np.testing.assert_allclose(expected["user"][:, -1], 1.0)
+    assert np.ptp(expected["item"][:, -1]) > 0  # items of different popularity
+    with pytest.raises(ValueError, match="popularity prior, which needs the dot product. Received: distance"):
+        ex.export_models(retrieval_dir, None, data_dir, str(tmp_path / "out"),
+                         index_config=ix.IndexConfig(distance="squared_l2"))
+
+
 def test_argument_errors(tmp_path):
     with pytest.raises(ValueError, match="Nothing to export"):
         ex.export_models(None, None, str(tmp_path), str(tmp_path / "out"))

@@ -165,6 +165,7 @@ def test_adis_dropout_is_fused_dropout_and_reaches_both_backbones(synthetic_data
     ("self_training_delta", "0.1", r"`self_training_delta` must be in \[0, 1\]"),  # a string, not a TypeError
     ("self_training_max", float("nan"), r"`self_training_max` must be in \[0, 1\]"),
     ("temperature", 0.0, r"`temperature` must be > 0"),
+    ("popularity_prior", 1.5, r"`popularity_prior` must be in \[0, 1\]"),
 ])
 def test_retrieval_config_rejects_out_of_range_settings_naming_them(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -175,8 +176,7 @@ def test_retrieval_config_rejects_out_of_range_settings_naming_them(field, value
 def test_popularity_prior_adds_the_log_clicks_to_every_score_and_leaves_training_uncorrected(synthetic_data, model):
     out, _ = synthetic_data
     spec = fs.FeatureSpec.load(out)
-    batch = next(iter(data.make_dataset(out, "train", 16)))
-    batch = {k: v for k, v in batch.items()}
+    batch = next(iter(data.make_dataset(out, "train", 64)))
     plain = build_retrieval_model(spec, model, RetrievalConfig())
     prior = build_retrieval_model(spec, model, RetrievalConfig(popularity_prior=0.5))
     plain(batch), prior(batch)
@@ -186,24 +186,32 @@ def test_popularity_prior_adds_the_log_clicks_to_every_score_and_leaves_training
     clicks = batch[fs.ITEM_DOMAIN_CLICKS].numpy().reshape(-1)
     # One unit more on each side: the user's 1, the item's prior * temperature * log(clicks + 1); e.g. 7 clicks
     # at temperature 0.05: 0.5 * 0.05 * log(8) = 0.0520, so the dot product (the logit times 0.05) gains 0.0520.
-    assert user_p.shape == (16, user.shape[1] + 1) and item_p.shape == (16, item.shape[1] + 1)
+    assert user_p.shape == (64, user.shape[1] + 1) and item_p.shape == (64, item.shape[1] + 1)
     np.testing.assert_allclose(user_p[:, -1], 1.0)
     np.testing.assert_allclose(item_p[:, -1], 0.5 * 0.05 * np.log(clicks + 1.0), rtol=1e-5)
+    np.testing.assert_array_equal(user_p[:, :-1], user)
+    np.testing.assert_array_equal(item_p[:, :-1], item)
     np.testing.assert_allclose((user_p * item_p).sum(-1) - (user * item).sum(-1),
                                0.5 * 0.05 * np.log(clicks + 1.0), rtol=1e-4, atol=1e-6)
-    # Training: the prior's share of log Q is taken out of the correction, so the loss is the plain model's
-    # with the logQ correction scaled by 1 - prior.
+    # Training: the logQ correction keeps 1 - prior of its share. The logits of the rows' positives, against the
+    # plain model's with the correction scaled by 1 - prior (0.5 here; 0 at prior 1: an uncorrected softmax).
+    positive = batch[fs.LABEL].numpy().reshape(-1) == 1
+    rows = {k: v.numpy()[positive] for k, v in batch.items()}
+    row_clicks = rows[fs.ITEM_DOMAIN_CLICKS].reshape(-1)
+    assert np.ptp(row_clicks) > 0  # the positives' items differ in popularity: the correction matters
+    u, v, dom = plain.towers(rows)
+    task, log_q = plain.task, np.log(row_clicks + 1.0).astype(np.float32)
+    inputs = {"query": u, "candidate": v, "candidate_ids": rows[fs.ITEM_ID], "domain": dom}
+    u_p, v_p, _ = prior.towers(rows)
+    np.testing.assert_allclose(task.logits({**inputs, "query": u_p, "candidate": v_p, "candidate_log_q": log_q}),
+                               task.logits({**inputs, "candidate_log_q": 0.5 * log_q}), rtol=1e-4, atol=1e-3)
     full = build_retrieval_model(spec, model, RetrievalConfig(popularity_prior=1.0))
     full(batch)
     full.set_weights(plain.get_weights())
-    task = plain.task
-    positive = batch[fs.LABEL].numpy().reshape(-1) == 1
-    rows = {k: v.numpy()[positive] for k, v in batch.items()}
-    u, v, dom = plain.towers(rows)
-    uncorrected = task({"query": u, "candidate": v, "candidate_ids": rows[fs.ITEM_ID], "domain": dom})
+    uncorrected = task(inputs)
     np.testing.assert_allclose(float(full.compute_task_loss(batch, training=False)), float(uncorrected), rtol=1e-4)
     assert float(plain.compute_task_loss(batch, training=False)) != pytest.approx(float(uncorrected), rel=1e-3)
-    with pytest.raises(ValueError, match="popularity_prior"):
+    with pytest.raises(ValueError, match="domain-blind `dnn` model reads no per-domain clicks"):
         build_retrieval_model(spec, "dnn", RetrievalConfig(popularity_prior=1.0))
-    with pytest.raises(ValueError, match="popularity_prior"):
+    with pytest.raises(ValueError, match="`popularity_prior` and `self_training` do not go together"):
         RetrievalConfig(popularity_prior=1.0, self_training=True)
