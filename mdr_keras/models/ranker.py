@@ -94,6 +94,12 @@ class RankerConfig:
         chunk_size: items per chunk of PCRG's chunked-query generation (ADS Fig. 4-5 "Chunk K",
             K in {1, 2, 5, 10}; 1 = one query per position). Larger than T: one chunk (one query).
         psrg_hidden, pcrg_hidden: hidden width d_h of the PSRG / PCRG gen-nets.
+        implicit_domain_features: E_D, what the PSRG and PCRG gen-nets read, holds the user and item
+            domain statistics (ADS's implicit-domain-indicator features, sec. 2.2.1) beside the domain
+            indicator. Default True (the paper's form); False: the indicator only (the statistics stay
+            among the features the prediction network reads). An ablation of what the generated weights
+            may fit: on MovieLens-1M (seed 0, test AUC) the indicator only gives 0.8154 against 0.8157
+            (benchmarks/results/ml1m-ranking-ablation.md): the statistics are not what the ranker overfits.
         eta: PSRG's scale (ADS eq. 3).
         dsfs_units: width h of D3's transformation layer (the DSFS output).
         dsfs_field_units: width h1 of DSFS's per-field maps (D3 eq. 9).
@@ -153,6 +159,7 @@ class RankerConfig:
     chunk_size: int = 5
     psrg_hidden: int = 64
     pcrg_hidden: int = 64
+    implicit_domain_features: bool = True
     eta: float = 2.0
     dsfs_units: int = 32
     dsfs_field_units: int = 16
@@ -205,7 +212,8 @@ class RankerConfig:
             if self.backbone == "mlp" and self.dsbn:
                 raise ValueError("`backbone='mlp'` has no domain-specific batch norm: set `dsbn=False`. "
                                  "Received: dsbn=True")
-        for name in ("dsbn", "d3_head", "star_partitioned_norm", "sequence_mean", "head_skip"):
+        for name in ("dsbn", "d3_head", "star_partitioned_norm", "sequence_mean", "head_skip",
+                     "implicit_domain_features"):
             check_bool(name, getattr(self, name))
         self.domain_balance()  # DomainBalance checks the DBO fields (and names them)
 
@@ -246,7 +254,8 @@ class RankerModel(keras.Model):
     Args:
         encoder: `FeatureEncoder` of the spec.
         embedding: `SharedEmbedding` over every feature the model reads.
-        features: `ranker_features(spec)`.
+        features: `ranker_features(spec)`, optionally with `'generator'`: the features of the gen-nets' E_D
+            when they are not `'domain'`'s (`RankerConfig.implicit_domain_features`).
         num_domains: number of domains.
         psrg: `PersonalizedSequenceRepresentation` applied to the sequence, or None.
         pcrg: `MultiQueryGenerator` making the per-position queries, or None (one query: E_Q).
@@ -288,6 +297,8 @@ class RankerModel(keras.Model):
         self.encoder = encoder
         self.embedding = embedding
         self.features = {k: list(v) for k, v in features.items()}
+        # Resolved here, on the plain dict: `.get` of Keras' tracked dict wrapper inside traced code failed (AutoGraph).
+        self._generator_features = list(features.get("generator", features["domain"]))
         self.num_domains = int(num_domains)
         self.psrg = psrg
         self.pcrg = pcrg
@@ -345,7 +356,7 @@ class RankerModel(keras.Model):
         f = self.features
         emb = self.embedding(idx)
         domain = tf.reshape(idx[fs.DOMAIN], [-1])
-        domain_features = self._concat(emb, f["domain"])  # E_D
+        domain_features = self._concat(emb, self._generator_features)  # E_D of the gen-nets
         sequence = self._concat(emb, f["sequence"])  # E_S, [B, T, d_S]
         # A position is real iff it holds an item: its other fields' values do not matter at padding.
         mask = tf.not_equal(idx[fs.HIST_ITEM_ID], 0)
@@ -503,6 +514,8 @@ def build_ranker_model(spec: fs.FeatureSpec, model: str = "ranker", config: Rank
                                            kernel_regularizer=keras.regularizers.l2(c.head_l2) if c.head_l2 else None,
                                            name="dsfs") if d3 else None
     balance = c.domain_balance() if d3 and model != "ranker-no-dbo" else None
+    if not c.implicit_domain_features and (psrg is not None or pcrg is not None):
+        f = {**f, "generator": [fs.DOMAIN]}  # E_D of the gen-nets: the explicit indicator only
     return RankerModel(encoder, embedding, f, D, psrg=psrg, pcrg=pcrg, attention=attention, backbone=backbone,
                        dsfs=dsfs, balance=balance, mlp_units=mlp_units, dropout=c.dropout, dsbn=c.dsbn,
                        head_dropout=c.head_dropout, head_skip=c.head_skip,

@@ -85,6 +85,26 @@ def test_head_skip_feeds_the_mlp_the_heads_input_beside_its_output(synthetic_dat
     assert build_ranker_model(spec, "mha", RankerConfig(head_skip=True)).head_skip is False
 
 
+def test_without_implicit_domain_features_the_gen_nets_read_the_domain_only(synthetic_data):
+    data_dir, _ = synthetic_data
+    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
+    paper = build_ranker_model(spec, "ranker", RankerConfig())
+    m = build_ranker_model(spec, "ranker", RankerConfig(implicit_domain_features=False))
+    paper(batch), m(batch)
+    # E_D: the domain's 16 units and, in the paper's form, the domain statistics' 16 each (six: 7 x 16 = 112).
+    stats = len(paper.features["domain"]) - 1
+    assert stats == len(fs.USER_DOMAIN_STATS) + len(fs.ITEM_DOMAIN_STATS)
+    assert paper.psrg.weight_hidden_kernel.shape[0] == 16 * (1 + stats) and m.psrg.weight_hidden_kernel.shape[0] == 16
+    # PCRG's gen-net reads E_D beside the candidate (E_Q).
+    assert m.pcrg.hidden_kernel.shape[0] == paper.pcrg.hidden_kernel.shape[0] - 16 * stats
+    # The statistics stay among what the prediction network reads: the D3 head's fields are unchanged.
+    assert m.dsfs.num_fields == paper.dsfs.num_fields
+    # It trains and evaluates (traced, as the benchmarks run it).
+    m.compile(optimizer=keras.optimizers.Adam(1e-3))
+    m.fit(data.make_dataset(data_dir, "train", 256).take(2), epochs=1, verbose=0)
+    assert 0 < evaluate_ranker(m, data_dir, "eval", batch_size=512)["overall"]["auc"] < 1
+
+
 def test_head_l2_penalises_the_d3_heads_kernels(synthetic_data):
     """`head_l2` adds head_l2 x the sum of squares of DSFS's (and its fusion gate's) kernels, and only those."""
     data_dir, _ = synthetic_data
@@ -238,7 +258,8 @@ def test_weights_save_and_load(synthetic_data, tmp_path):
                                           ("star", {"d3_head": True}), ("mmoe", {"dsbn": True}),
                                           ("ranker", {"backbone": "ple"}), ("ranker", {"sequence_mean": True}),
                                           ("ranker", {"backbone": "mlp", "head_dropout": 0.1}),
-                                          ("ranker", {"head_skip": True})])
+                                          ("ranker", {"head_skip": True}),
+                                          ("ranker", {"implicit_domain_features": False})])
 def test_model_config_round_trip_same_predictions(synthetic_data, model, config):
     from tests.mdr_keras.layer_checks import assert_config_round_trip
 
