@@ -391,7 +391,7 @@ def export_models(retrieval_dir: Optional[str], ranker_dir: Optional[str], data_
 
     if retrieval_dir:
         model, spec = _load(retrieval_dir, training.RETRIEVAL_TASK)
-        if getattr(model, "popularity_prior", 0.0) and index_config.distance != "dot_product":
+        if model.popularity_prior and index_config.distance != "dot_product":
             # The prior's unit makes item norms differ: only the dot product keeps the trained ranking.
             raise ValueError(f"The model in {retrieval_dir} has a popularity prior, which needs the dot product. "
                              f"Received: distance={index_config.distance!r}")

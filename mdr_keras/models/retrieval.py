@@ -239,8 +239,8 @@ class RetrievalModel(keras.Model):
         if side == "user":
             extra = tf.ones_like(embedding[:, :1])
         else:
-            clicks = tf.reshape(tf.cast(raw[fs.ITEM_DOMAIN_CLICKS], embedding.dtype), [-1, 1])
-            extra = (self.popularity_prior * self.task.temperature) * tf.math.log(clicks + 1.0)
+            log_q = tf.reshape(tf.cast(_log_clicks(raw), embedding.dtype), [-1, 1])
+            extra = (self.popularity_prior * self.task.temperature) * log_q
         return tf.concat([embedding, extra], axis=-1)
 
     def _towers(self, raw, training):
@@ -283,7 +283,7 @@ class RetrievalModel(keras.Model):
         if fs.ITEM_DOMAIN_CLICKS in raw:
             # In-batch positives are drawn with their click frequency: log Q = log(clicks) + a per-domain
             # constant, which cancels because negatives come from the row's own domain only.
-            task_inputs["candidate_log_q"] = tf.math.log(raw[fs.ITEM_DOMAIN_CLICKS] + 1.0)
+            task_inputs["candidate_log_q"] = _log_clicks(raw)
         return self.task(task_inputs), user, item
 
     def compute_task_loss(self, raw, training):
@@ -333,6 +333,12 @@ class RetrievalModel(keras.Model):
     @property
     def metrics(self):
         return [self.loss_tracker] + ([self.pseudo_tracker] if self.self_training else [])
+
+
+def _log_clicks(raw):
+    """log(clicks + 1) of each row's item in its domain: the logQ correction's sampling frequency, and the
+    popularity prior's unit (which must cancel the same share of it)."""
+    return tf.math.log(raw[fs.ITEM_DOMAIN_CLICKS] + 1.0)
 
 
 def _has_rows(batch):
