@@ -373,6 +373,22 @@ class SingleDomainRetrievalModel(RetrievalModel):
         self.user_towers = list(user_towers)
         self.item_towers = list(item_towers)
 
+    _PER_DOMAIN = ("embeddings", "user_towers", "item_towers")
+
+    def get_config(self):
+        config = {k: v for k, v in super().get_config().items()
+                  if k not in ("embedding", "user_tower", "item_tower")}  # the first domain's, of the lists
+        for k in self._PER_DOMAIN:
+            config[k] = [keras.saving.serialize_keras_object(layer) for layer in getattr(self, k)]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = with_parts(config, ("encoder", "task"))
+        for k in cls._PER_DOMAIN:
+            config[k] = [keras.saving.deserialize_keras_object(layer) for layer in config[k]]
+        return cls(**config)
+
     def _routed(self, raw, sides, training):
         idx = self.encoder(raw)
         domain = tf.reshape(tf.cast(idx[fs.DOMAIN], tf.int32), [-1])
