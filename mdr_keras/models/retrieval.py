@@ -365,6 +365,7 @@ class SingleDomainRetrievalModel(RetrievalModel):
         encoder: `FeatureEncoder` of the spec.
         embeddings, user_towers, item_towers: one per domain, in domain-index order.
         task, domains: as `RetrievalModel`.
+        **kwargs: as `RetrievalModel` (`popularity_prior`, `self_training`) and `keras.Model`.
     """
 
     def __init__(self, encoder, embeddings, user_towers, item_towers, task, domains=(), **kwargs):
@@ -373,21 +374,21 @@ class SingleDomainRetrievalModel(RetrievalModel):
         self.user_towers = list(user_towers)
         self.item_towers = list(item_towers)
 
+    # The single parts through RetrievalModel's config; `embedding` and the towers there are the first
+    # domain's, so they come from the lists instead.
+    _LAYERS = ("encoder", "task")
     _PER_DOMAIN = ("embeddings", "user_towers", "item_towers")
 
     def get_config(self):
-        config = {k: v for k, v in super().get_config().items()
-                  if k not in ("embedding", "user_tower", "item_tower")}  # the first domain's, of the lists
-        for k in self._PER_DOMAIN:
-            config[k] = [keras.saving.serialize_keras_object(layer) for layer in getattr(self, k)]
-        return config
+        return {**super().get_config(),
+                **{k: [keras.saving.serialize_keras_object(layer) for layer in getattr(self, k)]
+                   for k in self._PER_DOMAIN}}
 
     @classmethod
     def from_config(cls, config):
-        config = with_parts(config, ("encoder", "task"))
-        for k in cls._PER_DOMAIN:
-            config[k] = [keras.saving.deserialize_keras_object(layer) for layer in config[k]]
-        return cls(**config)
+        config = {**config, **{k: [keras.saving.deserialize_keras_object(layer) for layer in config[k]]
+                               for k in cls._PER_DOMAIN}}
+        return super().from_config(config)
 
     def _routed(self, raw, sides, training):
         idx = self.encoder(raw)
