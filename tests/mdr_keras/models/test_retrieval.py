@@ -218,4 +218,3 @@ def test_popularity_prior_adds_the_log_clicks_to_every_score_and_leaves_training
         build_retrieval_model(spec, "dnn", RetrievalConfig(popularity_prior=1.0))
     with pytest.raises(ValueError, match="`popularity_prior` and `self_training` do not go together"):
         RetrievalConfig(popularity_prior=1.0, self_training=True)
-
