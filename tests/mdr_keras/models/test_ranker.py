@@ -19,6 +19,15 @@ def first_batch(data_dir, split="train", size=32):
     return next(iter(data.make_dataset(data_dir, split, size)))
 
 
+def ranker_beside_default(data_dir, **config):
+    """(spec, first batch, the default ranker, the ranker with `config`), both built on that batch."""
+    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
+    default = build_ranker_model(spec, "ranker", RankerConfig())
+    changed = build_ranker_model(spec, "ranker", RankerConfig(**config))
+    default(batch), changed(batch)
+    return spec, batch, default, changed
+
+
 @pytest.mark.parametrize("model, config", [(m, {}) for m in RANKER_MODELS] + [
     ("shared-bottom", {"d3_head": True}),
     ("star", {"d3_head": True, "sequence_pooling": "din"}),
@@ -69,10 +78,7 @@ def test_head_dropout_drops_the_d3_heads_output_in_training_only(synthetic_data)
 
 def test_head_skip_feeds_the_mlp_the_heads_input_beside_its_output(synthetic_data):
     data_dir, _ = synthetic_data
-    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
-    plain = build_ranker_model(spec, "ranker", RankerConfig())
-    m = build_ranker_model(spec, "ranker", RankerConfig(head_skip=True))
-    plain(batch), m(batch)
+    spec, batch, plain, m = ranker_beside_default(data_dir, head_skip=True)
     # The first MLP layer reads DSFS's 32 units, plus E_all (every field embedding, 16 each) with the skip.
     assert plain.hidden[0].kernel.shape[0] == 32
     assert m.hidden[0].kernel.shape[0] == 32 + 16 * m.dsfs.num_fields
@@ -87,10 +93,7 @@ def test_head_skip_feeds_the_mlp_the_heads_input_beside_its_output(synthetic_dat
 
 def test_without_implicit_domain_features_the_gen_nets_read_the_domain_only(synthetic_data):
     data_dir, _ = synthetic_data
-    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
-    paper = build_ranker_model(spec, "ranker", RankerConfig())
-    m = build_ranker_model(spec, "ranker", RankerConfig(implicit_domain_features=False))
-    paper(batch), m(batch)
+    _, _, paper, m = ranker_beside_default(data_dir, implicit_domain_features=False)
     # E_D: the domain's 16 units and, in the paper's form, the domain statistics' 16 each (six: 7 x 16 = 112).
     stats = len(paper.features["domain"]) - 1
     assert stats == len(fs.USER_DOMAIN_STATS) + len(fs.ITEM_DOMAIN_STATS)
@@ -108,10 +111,7 @@ def test_without_implicit_domain_features_the_gen_nets_read_the_domain_only(synt
 def test_head_l2_penalises_the_d3_heads_kernels(synthetic_data):
     """`head_l2` adds head_l2 x the sum of squares of DSFS's (and its fusion gate's) kernels, and only those."""
     data_dir, _ = synthetic_data
-    spec, batch = fs.FeatureSpec.load(data_dir), first_batch(data_dir)
-    plain = build_ranker_model(spec, "ranker", RankerConfig())
-    m = build_ranker_model(spec, "ranker", RankerConfig(head_l2=1e-3))
-    plain(batch), m(batch)
+    _, _, plain, m = ranker_beside_default(data_dir, head_l2=1e-3)
     kernels = [w for w in m.dsfs.trainable_weights if "kernel" in w.name]
     assert len(kernels) >= 8  # query, key, field, residual, the generators, the gate's layers
     expected = 1e-3 * sum(float(tf.reduce_sum(tf.square(w))) for w in kernels)
